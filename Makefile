@@ -1,0 +1,43 @@
+# vision-audit: `make demo` and `make test` each set up .venv (if missing) and run.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test setup browser lint clean bench
+
+setup: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip setuptools wheel
+
+# Reinstall when the dependency list changes.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -e ".[dev,hf,scale]"
+	touch $(STAMP)
+
+# Debian's Chromium for the real-browser dashboard test (skipped, with a reason, if it cannot be installed).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "note: chromium could not be installed; the browser test will be skipped"; \
+	  else echo "note: chromium missing and not root; the browser test will be skipped"; fi; }
+
+demo: setup
+	$(BIN)/vision-audit demo
+
+test: setup browser
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check audit dashboards tests
+
+bench: setup
+	$(BIN)/vision-audit bench explain
+	$(BIN)/vision-audit bench stats
+	$(BIN)/vision-audit bench pipeline
+
+clean:
+	rm -rf runs/demo tests/artifacts .pytest_cache

@@ -1,0 +1,400 @@
+"""The analysis stages of a run (called by :func:`audit.pipeline.run_audit`).
+
+Each stage reads what the forward pass produced (predictions, embeddings), calls
+the pure functions in :mod:`audit.stats` and :mod:`audit.explain`, and writes its
+tables into the run. Nothing here knows a model family: the adapter does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from audit.config import AuditConfig
+from audit.runs import Run
+
+
+@dataclass
+class Context:
+    config: AuditConfig
+    run: Run
+    adapter: Any
+    classifier: Any
+    samples: Any
+    predictions: Any
+    embeddings: np.ndarray
+    row_id: np.ndarray
+    group_columns: list[str]
+    class_names: list[str]
+    device: str
+    progress: Callable[[str, int, int], None]
+    log: Callable[[str], None]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def labelled(self) -> bool:
+        return bool((self.predictions["label_idx"] >= 0).any())
+
+
+# --------------------------------------------------------------------------- performance
+
+
+def performance(ctx: Context) -> None:
+    """group_performance and disparities tables (needs labels and group columns)."""
+    from audit.stats import disparity_tests, group_performance
+
+    st = ctx.config.stats
+    if not ctx.group_columns:
+        ctx.notes.append("No group columns were given: no group statistics were computed.")
+        return
+    if not ctx.labelled:
+        ctx.notes.append("The manifest has no labels: performance by group could not be measured.")
+        return
+    preds = ctx.predictions[ctx.predictions["label_idx"] >= 0]
+    common = dict(
+        group_cols=ctx.group_columns, metrics=tuple(st.metrics), intersections=st.intersections,
+        min_group_size=st.min_group_size, n_boot=st.n_boot, alpha=st.alpha, seed=st.seed,
+    )
+    ctx.progress("stats", 0, 2)
+    ctx.run.write_table("group_performance", group_performance(preds, **common))
+    ctx.progress("stats", 1, 2)
+    ctx.run.write_table("disparities", disparity_tests(preds, n_perm=st.n_perm, **common))
+    ctx.progress("stats", 2, 2)
+    ctx.run.save_meta()
+
+
+def embedding_stats(ctx: Context) -> None:
+    """Embedding geometry by group: dispersion, centroid distances, probe, MMD, projection."""
+    import pandas as pd
+
+    from audit.stats import embedding_group_stats, linear_probe, mmd_test, projection
+
+    st = ctx.config.stats
+    emb = ctx.embeddings
+    meta = ctx.predictions
+    if ctx.group_columns:
+        groups_df, dist_df = embedding_group_stats(
+            emb, meta, group_cols=ctx.group_columns, n_perm=st.n_perm, n_boot=st.n_boot, seed=st.seed
+        )
+        ctx.run.write_table("embedding_groups", groups_df)
+        ctx.run.write_table("embedding_distances", dist_df)
+        probes, mmds = [], []
+        for attr in ctx.group_columns:
+            if meta[attr].nunique() < 2:
+                ctx.notes.append(f"Attribute {attr!r} has a single group: no probe or MMD test for it.")
+                continue
+            probes.append(linear_probe(emb, meta, attribute=attr, n_perm=min(st.n_perm, 200), seed=st.seed))
+            mmds.append(mmd_test(emb, meta, attribute=attr, n_perm=min(st.n_perm, 500), seed=st.seed))
+        if probes:
+            ctx.run.write_table("linear_probe", pd.concat(probes, ignore_index=True))
+            ctx.run.write_table("mmd", pd.concat(mmds, ignore_index=True))
+    proj = projection(emb, meta[["row_id", *ctx.group_columns, "label", "pred", "correct"]], method="pca")
+    ctx.run.write_table("projection", proj)
+    ctx.run.save_meta()
+
+
+# --------------------------------------------------------------------------- explanations
+
+
+def select_for_explanation(predictions: Any, group_columns: list[str], k: int, seed: int) -> np.ndarray:
+    """Row ids to explain: round-robin over (first group attribute, correctness) strata, so the
+    gallery has errors and correct cases of every group. Deterministic under ``seed``."""
+    if k <= 0 or len(predictions) == 0:
+        return np.zeros(0, np.int64)
+    rng = np.random.default_rng(seed)
+    keys = []
+    if group_columns:
+        keys.append(predictions[group_columns[0]].astype(str))
+    keys.append(predictions["correct"].astype("string").fillna("unlabelled"))
+    strata = predictions.groupby(keys, sort=True, dropna=False).indices
+    queues = []
+    for _, idx in sorted(strata.items(), key=lambda kv: str(kv[0])):
+        idx = np.array(idx)
+        rng.shuffle(idx)
+        queues.append(list(idx))
+    chosen: list[int] = []
+    while len(chosen) < min(k, len(predictions)):
+        for q in queues:
+            if q and len(chosen) < k:
+                chosen.append(q.pop())
+    return np.sort(predictions["row_id"].to_numpy()[np.array(chosen, dtype=np.int64)])
+
+
+def _load_batch(ctx: Context, rows: np.ndarray):
+    """Images (B, 3, H, W) normalised and masks (B, H, W) bool or None for ``rows``."""
+    import torch
+
+    from audit.data import ImageDataset
+    from audit.data.images import load_mask
+
+    df = ctx.samples.set_index("row_id").loc[rows].reset_index()
+    ds = ImageDataset(df, ctx.adapter.preprocess.transform(), skip_bad=False)
+    x = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    masks = None
+    if "mask_path" in df.columns and df["mask_path"].notna().all():
+        h, w = x.shape[-2:]
+        masks = torch.stack([torch.as_tensor(load_mask(p, (h, w))) for p in df["mask_path"]])
+    return x.to(ctx.device), masks
+
+
+def explanations(ctx: Context) -> None:
+    """Maps for a stratified subset, their faithfulness, the sanity check and region mass by group."""
+    import pandas as pd
+    import torch
+
+    from audit.explain import ClassTarget, explain
+    from audit.explain.faithfulness import deletion_insertion, mass_in_mask, pointing_game
+    from audit.explain.sanity import randomization_check
+
+    ex = ctx.config.explain
+    methods = list(ex.methods)
+    if not methods or ex.max_images == 0:
+        return
+    rows = select_for_explanation(ctx.predictions, ctx.group_columns, ex.max_images, ctx.config.stats.seed)
+    if len(rows) == 0:
+        return
+    x_all, masks_all = _load_batch(ctx, rows)
+    pred_by_row = ctx.predictions.set_index("row_id")["pred_idx"]
+    target = ClassTarget(index=[int(pred_by_row.loc[r]) for r in rows])
+    bs = max(1, min(ctx.config.run.batch_size, 16))
+    faith_frames = []
+    maps_by_method: dict[str, torch.Tensor] = {}
+    total = len(methods) * len(rows)
+    done = 0
+    for m in methods:
+        parts = []
+        for s in range(0, len(rows), bs):
+            xb = x_all[s : s + bs]
+            tb = ClassTarget(index=target.index[s : s + bs])
+            e = explain(ctx.classifier, xb, method=m, target=tb, seed=ctx.config.stats.seed, **ex.params.get(m, {}))
+            parts.append(e.grid_maps.detach().float().cpu())
+            done += len(xb)
+            ctx.progress("explain", done, total)
+        maps = torch.cat(parts)  # (M, gh, gw)
+        if not torch.isfinite(maps).all():
+            bad = rows[~torch.isfinite(maps).flatten(1).all(dim=1).numpy()]
+            ctx.notes.append(f"Method {m}: non-finite map values for row ids {bad.tolist()[:20]}; those maps are not trustworthy.")
+        maps_by_method[m] = maps
+        ctx.run.write_maps(m, maps, rows)
+        if ex.faithfulness:
+            faith_frames.append(_faithfulness(ctx, m, x_all, maps, rows, target, masks_all, bs))
+    ctx.run.save_meta()
+    if faith_frames:
+        faith = pd.concat(faith_frames, ignore_index=True)
+        ctx.run.write_table("faithfulness", faith)
+        ctx.run.write_table("faithfulness_summary", _faith_summary(faith, ctx.config.stats.seed))
+    if ex.sanity:
+        n = min(ex.sanity_images, len(rows))
+        frames = []
+        for m in methods:
+            frames.append(
+                randomization_check(
+                    ctx.classifier, x_all[:n], method=m, target=ClassTarget(index=target.index[:n]),
+                    params=ex.params.get(m, {}), seed=ctx.config.stats.seed,
+                )
+            )
+        ctx.run.write_table("sanity", pd.concat(frames, ignore_index=True))
+    if masks_all is not None and ctx.group_columns:
+        from audit.stats import region_mass_by_group
+
+        groups = ctx.predictions.set_index("row_id").loc[rows].reset_index()
+        frames = []
+        for m, maps in maps_by_method.items():
+            up = torch.nn.functional.interpolate(maps[:, None], size=masks_all.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+            frames.append(
+                region_mass_by_group(
+                    up.clamp_min(0).numpy(), masks_all.numpy().astype(bool), groups, group_cols=ctx.group_columns,
+                    method=m, n_boot=ctx.config.stats.n_boot, n_perm=ctx.config.stats.n_perm,
+                    seed=ctx.config.stats.seed, min_group_size=min(ctx.config.stats.min_group_size, 10),
+                )
+            )
+        ctx.run.write_table("region_mass", pd.concat(frames, ignore_index=True))
+    ctx.run.save_meta()
+
+
+def _faithfulness(ctx: Context, method: str, x, maps, rows, target, masks, bs: int):
+    import pandas as pd
+    import torch
+
+    from audit.explain.faithfulness import deletion_insertion, mass_in_mask, pointing_game, random_map_like
+
+    ex = ctx.config.explain
+    rnd = random_map_like(maps, seed=ctx.config.stats.seed)
+    recs = []
+    for s in range(0, len(rows), bs):
+        sl = slice(s, s + bs)
+        from audit.explain import ClassTarget
+
+        tb = ClassTarget(index=target.index[sl])
+        real = deletion_insertion(ctx.classifier, x[sl], maps[sl], target=tb, steps=ex.faithfulness_steps, baseline=ex.baseline)
+        base = deletion_insertion(ctx.classifier, x[sl], rnd[sl], target=tb, steps=ex.faithfulness_steps, baseline=ex.baseline)
+        for j in range(len(real["deletion_auc"])):
+            recs.append(
+                {
+                    "row_id": int(rows[s + j]),
+                    "method": method,
+                    "deletion_auc": float(real["deletion_auc"][j]),
+                    "insertion_auc": float(real["insertion_auc"][j]),
+                    "random_deletion_auc": float(base["deletion_auc"][j]),
+                    "random_insertion_auc": float(base["insertion_auc"][j]),
+                    "target_class": ctx.class_names[target.index[s + j]],
+                }
+            )
+    df = pd.DataFrame(recs)
+    if masks is not None:
+        up = torch.nn.functional.interpolate(maps[:, None], size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        df["pointing_hit"] = np.asarray(pointing_game(up, masks), dtype=bool)
+        df["mass_in_mask"] = np.asarray(mass_in_mask(up.clamp_min(0), masks), dtype=float)
+    else:
+        df["pointing_hit"] = pd.array([None] * len(df), dtype="boolean")
+        df["mass_in_mask"] = np.nan
+    return df
+
+
+def _faith_summary(faith: Any, seed: int):
+    """Mean of each faithfulness score per method with a bootstrap 95% interval."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for m, g in faith.groupby("method", sort=False):
+        for metric in ["deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc", "pointing_hit", "mass_in_mask"]:
+            v = pd.to_numeric(g[metric], errors="coerce").to_numpy(dtype=float)
+            v = v[np.isfinite(v)]
+            if len(v) == 0:
+                continue
+            boots = rng.choice(v, size=(1000, len(v)), replace=True).mean(axis=1)
+            out.append({
+                "method": m, "metric": metric, "value": float(v.mean()),
+                "ci_low": float(np.quantile(boots, 0.025)), "ci_high": float(np.quantile(boots, 0.975)), "n": int(len(v)),
+            })
+    return pd.DataFrame(out, columns=["method", "metric", "value", "ci_low", "ci_high", "n"])
+
+
+# --------------------------------------------------------------------------- CLIP
+
+
+def _text_embeddings(adapter: Any, texts: list[str]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        t = adapter.encode_text(adapter.tokenize(texts).to(adapter.device)).float()
+    t = torch.nn.functional.normalize(t, dim=-1)
+    return t.cpu().numpy()
+
+
+def _normed(a: np.ndarray) -> np.ndarray:
+    return a / np.linalg.norm(a, axis=1, keepdims=True).clip(min=1e-12)
+
+
+def clip_analyses(ctx: Context) -> None:
+    """Zero-shot harms, association tests (image-EAT) and retrieval skew."""
+    import pandas as pd
+
+    from audit.stats import association_table, harmful_label_rates, retrieval_skew, zeroshot_label_distribution
+    from audit.stats.sets import load_set
+
+    cc = ctx.config.clip
+    st = ctx.config.stats
+    img = _normed(ctx.embeddings)
+    meta = ctx.predictions
+    if cc.label_set and ctx.group_columns:
+        label_set = load_set(cc.label_set)
+        labels = label_set.labels_frame()
+        text = _text_embeddings(ctx.adapter, labels["prompt"].tolist())
+        dist = zeroshot_label_distribution(img, text, labels, meta, group_cols=ctx.group_columns, n_boot=st.n_boot, seed=st.seed)
+        ctx.run.write_table("zeroshot_labels", dist)
+        rates, disp = harmful_label_rates(
+            img, text, labels, meta, group_cols=ctx.group_columns, n_boot=st.n_boot, n_perm=st.n_perm,
+            seed=st.seed, min_group_size=st.min_group_size, label_set=label_set.name,
+        )
+        ctx.run.write_table("harmful_rates", rates)
+        ctx.run.write_table("harmful_disparities", disp)
+    if cc.association:
+        tests = []
+        for t in cc.association:
+            if t.set is not None:
+                aset = load_set(t.set)
+                a_texts, b_texts = aset.a, aset.b
+            else:
+                a_texts, b_texts = t.a_texts, t.b_texts
+            tests.append({
+                "test": t.name, "attribute": t.attribute, "X": t.x_group, "Y": t.y_group,
+                "A": a_texts, "B": b_texts,
+                "A_emb": _text_embeddings(ctx.adapter, list(a_texts)), "B_emb": _text_embeddings(ctx.adapter, list(b_texts)),
+            })
+        ctx.run.write_table("association", association_table(img, meta, tests=tests, n_perm=max(st.n_perm, 1000), seed=st.seed))
+    if cc.queries and ctx.group_columns:
+        q = _text_embeddings(ctx.adapter, list(cc.queries))
+        scores = q @ img.T  # (Q, N)
+        frames = []
+        for attr in ctx.group_columns:
+            ks = [k for k in cc.ks if k <= len(img)] or [len(img)]
+            frames.append(retrieval_skew(scores, meta[attr].astype(str).to_numpy(), queries=list(cc.queries), attribute=attr, ks=tuple(ks), target=cc.skew_target))
+        ctx.run.write_table("retrieval_skew", pd.concat(frames, ignore_index=True))
+    ctx.run.save_meta()
+
+
+# --------------------------------------------------------------------------- findings
+
+
+def _fmt_p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def headline(ctx: Context) -> list[str]:
+    """One-line findings: significant disparities (Holm), strongest first; CLIP associations."""
+    run = ctx.run
+    name = run.name
+    out: list[str] = []
+    if run.has_table("disparities"):
+        d = run.table("disparities")
+        sig = d[(d["significant"]) & (d["metric"].isin(["accuracy", "tpr"]))]
+        sig = sig.sort_values("difference", ascending=False)
+        for _, r in sig.head(3).iterrows():
+            what = "accuracy" if r["cls"] in ("__all__", "__macro__") else f"recall of class {r['cls']!r}"
+            out.append(
+                f"{name}: {what} by {r['attribute']}: {r['min_value']:.2f} for {r['min_group']} vs "
+                f"{r['max_value']:.2f} for {r['max_group']} (gap {r['difference']:.2f}, 95% CI "
+                f"{r['diff_ci_low']:.2f}–{r['diff_ci_high']:.2f}, Holm {_fmt_p(r['p_holm'])})"
+            )
+        if sig.empty and len(d):
+            out.append(f"{name}: no performance disparity is significant after Holm correction ({len(d)} tests).")
+    if run.has_table("association"):
+        a = run.table("association")
+        for _, r in a.iterrows():
+            out.append(
+                f"{name}: association {r['test']!s}: effect size d = {r['effect_size']:.2f} ({_fmt_p(r['p_value'])}, "
+                f"{r['X']} vs {r['Y']})"
+            )
+    return out
+
+
+def limitations(ctx: Context) -> list[str]:
+    run = ctx.run
+    out = list(ctx.notes)
+    skipped = run.meta.get("skipped", [])
+    if skipped:
+        out.append(f"{len(skipped)} image(s) could not be read and were skipped (listed in run.json).")
+    if run.has_table("group_performance"):
+        gp = run.table("group_performance")
+        small = gp[gp["small"]]
+        if len(small):
+            groups = sorted({f"{a}={g}" for a, g in zip(small["attribute"], small["group"])})
+            out.append(
+                f"{len(groups)} group(s) fall below the minimum size ({ctx.config.stats.min_group_size}) for at least "
+                f"one metric and are left out of those comparisons: {', '.join(groups[:8])}"
+                + (" ..." if len(groups) > 8 else "")
+            )
+    if run.has_table("sanity"):
+        s = run.table("sanity")
+        flagged = sorted(set(s.loc[s["flagged"], "method"]))
+        if flagged:
+            out.append(
+                "Methods whose maps barely change when the model's weights are randomised (sanity check failed): "
+                + ", ".join(flagged) + ". Their maps say little about what the model learned."
+            )
+    return out

@@ -1,0 +1,221 @@
+"""The ``vision-audit`` command. A thin view over the library.
+
+Exit codes: 0 ok, 1 the audit failed (or a policy check failed), 2 unusable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from audit.errors import AuditError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _eprint(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse exits 2 already; keep its message short and ours
+        self.print_usage(sys.stderr)
+        _eprint(f"vision-audit: error: {message}")
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="vision-audit", description="Interpretability and bias audits for ViT and CLIP models.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("models", help="list model families and example specs")
+
+    r = sub.add_parser("run", help="run an audit from a YAML config")
+    r.add_argument("config", type=Path)
+    r.add_argument("--output", type=Path, help="override run.output")
+    r.add_argument("--resume", action="store_true", help="continue an interrupted run from its last complete shard")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    r.add_argument("--device", choices=["cpu", "cuda", "auto"])
+    r.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
+    r.add_argument("--backend", choices=["local", "ray"])
+    r.add_argument("--ray-address", help="address of an existing Ray cluster (default: start a local one)")
+    r.add_argument("--skip-bad", action="store_true", help="record and skip unreadable images instead of failing")
+    r.add_argument("--report", action="store_true", help="also write the report when the run completes")
+
+    e = sub.add_parser("explain", help="explain images with one or more methods; writes a PNG grid")
+    e.add_argument("images", nargs="+", type=Path)
+    e.add_argument("--model", required=True, help="model spec, e.g. timm:vit_base_patch16_224 or zoo:vit-biased")
+    e.add_argument("--checkpoint", type=Path)
+    e.add_argument("--method", default="rollout", help="comma-separated methods (vision-audit explain --list-methods)")
+    g = e.add_mutually_exclusive_group()
+    g.add_argument("--target", help="class name or index to explain (default: the predicted class)")
+    g.add_argument("--prompt", help="CLIP: explain the similarity to this text")
+    e.add_argument("--out", type=Path, default=Path("explain.png"))
+    e.add_argument("--steps", type=int, default=16, help="deletion-curve steps for the AUC in each title")
+    e.add_argument("--device", default="cpu")
+
+    d = sub.add_parser("demo", help="audit the canary models on the synthetic test set (the main job)")
+    d.add_argument("--out", type=Path, default=Path("runs/demo"))
+    d.add_argument("--n-per-cell", type=int, default=None, help="test images per class x group cell")
+    d.add_argument("--no-report", action="store_true")
+
+    rp = sub.add_parser("report", help="write HTML/Markdown/PDF reports and audit.json for a run (two runs: compare)")
+    rp.add_argument("runs", nargs="+", type=Path)
+    rp.add_argument("--out", type=Path)
+    rp.add_argument("--model-card", action="store_true", help="also write a Hugging Face model card section")
+    rp.add_argument("--formats", default="html,md,pdf,json")
+
+    c = sub.add_parser("check", help="gate a run on a policy: exit 0 pass, 1 fail, 2 unusable input")
+    c.add_argument("run", type=Path)
+    c.add_argument("--policy", required=True, type=Path)
+
+    db = sub.add_parser("dashboard", help="open the Streamlit dashboard on runs (default: the demo run)")
+    db.add_argument("runs", nargs="*", type=Path)
+    db.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    db.add_argument("--port", type=int, default=8501)
+    db.add_argument("--policy", type=Path)
+
+    z = sub.add_parser("zoo", help="the canary zoo: list, train, write the test set")
+    z.add_argument("args", nargs=argparse.REMAINDER)
+
+    b = sub.add_parser("bench", help="benchmarks that print ratios against a baseline in the same process")
+    b.add_argument("name", choices=["explain", "stats", "pipeline", "dashboard"])
+    b.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(_dispatch(args) or 0)
+    except AuditError as exc:
+        _eprint(f"vision-audit: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _eprint("vision-audit: interrupted")
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    cmd = args.command
+    if cmd == "models":
+        return _cmd_models()
+    if cmd == "run":
+        return _cmd_run(args)
+    if cmd == "explain":
+        from audit.explain_cli import explain_images
+
+        return explain_images(
+            args.images, model=args.model, checkpoint=args.checkpoint, methods=args.method.split(","),
+            target=args.target, prompt=args.prompt, out=args.out, steps=args.steps, device=args.device,
+        )
+    if cmd == "demo":
+        from audit.demo import run_demo
+
+        return run_demo(out=args.out, n_per_cell=args.n_per_cell, report=not args.no_report)
+    if cmd == "report":
+        return _cmd_report(args)
+    if cmd == "check":
+        from audit.report.policy import check
+
+        return check(args.run, args.policy)
+    if cmd == "dashboard":
+        return _cmd_dashboard(args)
+    if cmd == "zoo":
+        from audit.zoo.cli import main as zoo_main
+
+        return zoo_main(args.args)
+    if cmd == "bench":
+        from audit.bench import run as bench_run
+
+        return bench_run(args.name, args.args)
+    raise AssertionError(cmd)  # pragma: no cover
+
+
+def _cmd_models() -> int:
+    from audit.models import list_families
+
+    for fam in list_families():
+        print(f"{fam['family']:<10} {fam['description']}")
+        for ex in fam.get("examples", []):
+            print(f"{'':<10}   {ex}")
+    print("\nA local checkpoint: add --checkpoint PATH (a .safetensors file; for hf: a saved model directory).")
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from audit.config import load_config
+    from audit.pipeline import run_audit
+    from audit.progress import ProgressBar
+
+    overrides: dict = {"run": {}, "data": {}}
+    for key in ("resume", "overwrite"):
+        if getattr(args, key):
+            overrides["run"][key] = True
+    for key, dest in (("device", "device"), ("precision", "precision"), ("backend", "backend"), ("ray_address", "ray_address")):
+        if getattr(args, key):
+            overrides["run"][dest] = getattr(args, key)
+    if args.output:
+        overrides["run"]["output"] = str(args.output.resolve())
+    if args.skip_bad:
+        overrides["data"]["skip_bad"] = True
+    cfg = load_config(args.config, overrides=overrides)
+    with ProgressBar() as bar:
+        run = run_audit(cfg, progress=bar.update, log=bar.write)
+    print(f"run written to {run.path}")
+    for line in run.meta.get("headline", []):
+        print(f"  - {line}")
+    if args.report:
+        from audit.report import write_report
+
+        paths = write_report([run.path])
+        print("report: " + ", ".join(str(p) for p in paths.values()))
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from audit.report import write_report
+
+    if len(args.runs) > 2:
+        raise AuditError("report takes one run, or two runs to compare")
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    paths = write_report(list(args.runs), out_dir=args.out, formats=formats, model_card=args.model_card)
+    for kind, p in paths.items():
+        print(f"{kind:<10} {p}")
+    return EXIT_OK
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from audit.errors import UsageError
+
+    runs = [p.resolve() for p in args.runs]
+    if not runs:
+        from audit.demo import ensure_demo
+
+        runs = ensure_demo()
+    for r in runs:
+        if not (r / "run.json").is_file():
+            raise UsageError(f"{r} is not a run directory (no run.json)")
+    app = Path(__file__).resolve().parent.parent / "dashboards" / "app.py"
+    if not app.is_file():
+        raise UsageError(f"dashboard app not found at {app}; install vision-audit from a source checkout")
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", str(app),
+        "--server.address", args.host, "--server.port", str(args.port),
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--", *[str(r) for r in runs],
+    ]
+    if args.policy:
+        cmd += ["--policy", str(args.policy.resolve())]
+    print(f"dashboard on http://{args.host}:{args.port}  (Ctrl+C to stop)")
+    env = dict(os.environ)
+    return subprocess.call(cmd, env=env)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

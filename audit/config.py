@@ -1,0 +1,239 @@
+"""Audit configuration: pydantic models read from YAML (safe loader).
+
+Unknown keys, wrong types and paths that do not exist are errors that name the
+field (``model.spec``, ``data.manifest`` ...). Relative paths in a config file
+are resolved against the file's directory.
+
+Example (``audit.yaml``)::
+
+    model:
+      spec: timm:vit_base_patch16_224
+      checkpoint: weights/vit_b16.safetensors
+    data:
+      manifest: data/fairface_val.csv
+      columns: {image: file, label: null, groups: [race, gender, age]}
+    explain:
+      methods: [rollout, gae, gradcam]
+    run:
+      output: runs/fairface-vit
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from audit.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """Which model to audit."""
+
+    spec: str = Field(description="FAMILY:NAME, e.g. timm:vit_base_patch16_224 or zoo:vit-biased")
+    checkpoint: Path | None = Field(default=None, description="local weights file or HF directory")
+    name: str | None = Field(default=None, description="display name (default: the spec)")
+    class_names: list[str] | None = None
+    options: dict[str, Any] = Field(default_factory=dict, description="family-specific load options")
+    #: CLIP only: class -> prompts used to turn CLIP into a classifier (default: "a photo of a {class}")
+    class_prompts: dict[str, list[str]] | None = None
+
+    @field_validator("spec")
+    @classmethod
+    def _spec_form(cls, v: str) -> str:
+        if ":" not in v or v.startswith(":") or v.endswith(":"):
+            raise ValueError("must be FAMILY:NAME, e.g. timm:vit_base_patch16_224 (see `vision-audit models`)")
+        return v
+
+
+class ColumnsConfig(_Strict):
+    """How the manifest's columns map to the audit's roles."""
+
+    image: str = "path"
+    label: str | None = "label"
+    groups: list[str] = Field(default_factory=list)
+    mask: str | None = None
+    id: str | None = None
+
+
+class DataConfig(_Strict):
+    manifest: Path = Field(description="CSV / Parquet manifest, or an ImageFolder directory")
+    format: Literal["auto", "csv", "parquet", "imagefolder"] = "auto"
+    root: Path | None = Field(default=None, description="base directory of relative image paths")
+    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+    skip_bad: bool = Field(default=False, description="record and skip unreadable rows instead of failing")
+    missing_group: str | None = Field(default=None, description="name for a missing group value; default: error")
+    limit: int | None = Field(default=None, ge=1, description="use only the first N rows")
+
+
+class ExplainConfig(_Strict):
+    methods: list[str] = Field(default_factory=lambda: ["rollout", "gae", "gradcam"])
+    max_images: int = Field(default=96, ge=0, description="images explained, stratified by group and correctness")
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-method parameters")
+    faithfulness: bool = True
+    faithfulness_steps: int = Field(default=16, ge=2)
+    baseline: Literal["black", "blur"] = "blur"
+    sanity: bool = True
+    sanity_images: int = Field(default=8, ge=1)
+    store_attention: bool = Field(default=False, description="also store per-layer, per-head attention")
+
+
+class StatsConfig(_Strict):
+    min_group_size: int = Field(default=50, ge=1)
+    n_boot: int = Field(default=1000, ge=50)
+    n_perm: int = Field(default=1000, ge=50)
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    intersections: bool = True
+    metrics: list[str] = Field(
+        default_factory=lambda: ["accuracy", "balanced_accuracy", "tpr", "fnr", "fpr", "precision", "selection_rate", "ece"]
+    )
+    embeddings: bool = True
+    seed: int = 0
+
+
+class AssociationTest(_Strict):
+    """One image-EAT: images of group X vs group Y, text sets A vs B."""
+
+    name: str
+    attribute: str
+    x_group: str
+    y_group: str
+    a_texts: list[str] | None = None
+    b_texts: list[str] | None = None
+    set: str | None = Field(default=None, description="name of a shipped WEAT attribute set (instead of a/b texts)")
+
+    @model_validator(mode="after")
+    def _texts_or_set(self) -> AssociationTest:
+        if self.set is None and (not self.a_texts or not self.b_texts):
+            raise ValueError("give both a_texts and b_texts, or a shipped attribute `set`")
+        return self
+
+
+class ClipConfig(_Strict):
+    templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."])
+    label_set: str | None = Field(default="fairface_harm", description="shipped label set name or YAML path")
+    association: list[AssociationTest] = Field(default_factory=list)
+    queries: list[str] = Field(default_factory=list)
+    ks: list[int] = Field(default_factory=lambda: [10, 50, 100])
+    skew_target: Literal["uniform", "dataset"] = "dataset"
+
+
+class RunConfig(_Strict):
+    output: Path
+    batch_size: int = Field(default=32, ge=1)
+    num_workers: int = Field(default=0, ge=0)
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    backend: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    shard_size: int = Field(default=512, ge=1)
+    resume: bool = False
+    overwrite: bool = False
+    cache_dir: Path | None = Field(default=None, description="shared cache of forward results; default: none")
+
+
+class AuditConfig(_Strict):
+    """The whole audit: one model on one dataset."""
+
+    model: ModelConfig
+    data: DataConfig
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    stats: StatsConfig = Field(default_factory=StatsConfig)
+    clip: ClipConfig = Field(default_factory=ClipConfig)
+    run: RunConfig
+
+    def resolve_paths(self, base: Path) -> AuditConfig:
+        """Return a copy whose relative paths are made absolute against ``base``."""
+
+        def fix(p: Path | None) -> Path | None:
+            if p is None:
+                return None
+            return p if p.is_absolute() else (base / p)
+
+        data = self.data.model_copy(update={"manifest": fix(self.data.manifest), "root": fix(self.data.root)})
+        model = self.model.model_copy(update={"checkpoint": fix(self.model.checkpoint)})
+        run = self.run.model_copy(update={"output": fix(self.run.output), "cache_dir": fix(self.run.cache_dir)})
+        return self.model_copy(update={"data": data, "model": model, "run": run})
+
+    def check_paths(self) -> None:
+        """Raise ConfigError naming the field when an input path does not exist."""
+        missing = []
+        if not self.data.manifest.exists():
+            missing.append(f"data.manifest: {self.data.manifest} does not exist")
+        if self.data.root is not None and not self.data.root.is_dir():
+            missing.append(f"data.root: {self.data.root} is not a directory")
+        if self.model.checkpoint is not None and not self.model.checkpoint.exists():
+            missing.append(f"model.checkpoint: {self.model.checkpoint} does not exist")
+        if missing:
+            raise ConfigError("config refers to paths that do not exist:\n  " + "\n  ".join(missing))
+
+
+def _format_validation(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown key (check the spelling; see `vision-audit run --help` for the schema)"
+        elif "input" in err and err.get("type") not in ("missing",):
+            shown = repr(err["input"])
+            msg = f"{msg} (got {shown[:80]})"
+        lines.append(f"  {loc}: {msg}")
+    return f"{source}: invalid config\n" + "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], *, source: str = "config", base: Path | None = None, check_paths: bool = True) -> AuditConfig:
+    """Validate a config dict; errors name the field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with keys model, data, run (got {type(data).__name__})")
+    try:
+        cfg = AuditConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(source, exc)) from None
+    if base is not None:
+        cfg = cfg.resolve_paths(base)
+    if check_paths:
+        cfg.check_paths()
+    return cfg
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read YAML with the safe loader; errors name the file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: file not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read ({exc})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({exc})") from None
+
+
+def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None, check_paths: bool = True) -> AuditConfig:
+    """Load and validate an audit config file.
+
+    ``overrides`` is a nested dict merged over the file (used by CLI flags).
+    """
+    p = Path(path)
+    data = load_yaml(p) or {}
+    if overrides:
+        data = _merge(data, overrides)
+    return parse_config(data, source=str(p), base=p.resolve().parent, check_paths=check_paths)
+
+
+def _merge(a: Any, b: dict[str, Any]) -> Any:
+    if not isinstance(a, dict):
+        return b
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out.get(k), v) if isinstance(v, dict) else v
+    return out
