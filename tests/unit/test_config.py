@@ -1,0 +1,80 @@
+"""Config validation: unknown keys, wrong types and missing paths name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from audit.config import load_config, parse_config
+from audit.errors import ConfigError
+
+
+def _minimal(tmp_path: Path) -> dict:
+    (tmp_path / "m.csv").write_text("path,label\n", encoding="utf-8")
+    return {"model": {"spec": "timm:vit_tiny_patch16_224"}, "data": {"manifest": "m.csv"}, "run": {"output": "out"}}
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "audit.yaml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_valid_config_resolves_relative_paths(tmp_path: Path) -> None:
+    _minimal(tmp_path)
+    cfg = load_config(_write(tmp_path, "model: {spec: 'zoo:vit-biased'}\ndata: {manifest: m.csv}\nrun: {output: out}\n"))
+    assert cfg.data.manifest == tmp_path / "m.csv"
+    assert cfg.run.output == tmp_path / "out"
+    assert cfg.stats.min_group_size == 50 and cfg.explain.methods == ["rollout", "gae", "gradcam"]
+
+
+def test_unknown_key_names_the_field(tmp_path: Path) -> None:
+    _minimal(tmp_path)
+    p = _write(tmp_path, "model: {spec: 'zoo:vit-biased', chekpoint: x}\ndata: {manifest: m.csv}\nrun: {output: out}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    assert "model.chekpoint: unknown key" in str(exc.value)
+    assert str(p) in str(exc.value)
+
+
+def test_wrong_type_names_the_field_and_value(tmp_path: Path) -> None:
+    data = _minimal(tmp_path)
+    data["run"]["batch_size"] = "many"
+    data["stats"] = {"alpha": 2}
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data, base=tmp_path)
+    text = str(exc.value)
+    assert "run.batch_size" in text and "'many'" in text
+    assert "stats.alpha" in text
+
+
+def test_missing_paths_are_errors_naming_the_field(tmp_path: Path) -> None:
+    data = _minimal(tmp_path)
+    data["data"]["manifest"] = "nope.csv"
+    data["model"]["checkpoint"] = "weights.safetensors"
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data, base=tmp_path)
+    assert "data.manifest" in str(exc.value) and "model.checkpoint" in str(exc.value)
+
+
+def test_bad_spec_and_yaml(tmp_path: Path) -> None:
+    data = _minimal(tmp_path)
+    data["model"]["spec"] = "vit_base"
+    with pytest.raises(ConfigError, match="model.spec"):
+        parse_config(data, base=tmp_path)
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(_write(tmp_path, "model: [unclosed\n"))
+
+
+def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
+    p = _write(tmp_path, "model: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+
+
+def test_association_needs_texts_or_set(tmp_path: Path) -> None:
+    data = _minimal(tmp_path)
+    data["clip"] = {"association": [{"name": "t", "attribute": "g", "x_group": "a", "y_group": "b", "a_texts": ["x"]}]}
+    with pytest.raises(ConfigError, match="clip.association.0"):
+        parse_config(data, base=tmp_path)
