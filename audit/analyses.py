@@ -100,19 +100,23 @@ def embedding_stats(ctx: Context) -> None:
 
 
 def select_for_explanation(predictions: Any, group_columns: list[str], k: int, seed: int) -> np.ndarray:
-    """Row ids to explain: round-robin over (first group attribute, correctness) strata, so the
-    gallery has errors and correct cases of every group. Deterministic under ``seed``."""
+    """Row ids to explain: round-robin over (first group attribute, label) strata.
+
+    The choice depends only on the data and the seed, never on the model's predictions, so
+    two runs on the same data explain the same images and can be compared image by image
+    (e.g. a biased model against its control). Deterministic under ``seed``.
+    """
     if k <= 0 or len(predictions) == 0:
         return np.zeros(0, np.int64)
     rng = np.random.default_rng(seed)
     keys = []
     if group_columns:
         keys.append(predictions[group_columns[0]].astype(str))
-    keys.append(predictions["correct"].astype("string").fillna("unlabelled"))
+    keys.append(predictions["label"].astype("string").fillna("(unlabelled)"))
     strata = predictions.groupby(keys, sort=True, dropna=False).indices
     queues = []
     for _, idx in sorted(strata.items(), key=lambda kv: str(kv[0])):
-        idx = np.array(idx)
+        idx = np.sort(np.asarray(idx))
         rng.shuffle(idx)
         queues.append(list(idx))
     chosen: list[int] = []
