@@ -128,19 +128,21 @@ def select_for_explanation(predictions: Any, group_columns: list[str], k: int, s
 
 
 def _load_batch(ctx: Context, rows: np.ndarray):
-    """Images (B, 3, H, W) normalised and masks (B, H, W) bool or None for ``rows``."""
+    """Images (B, 3, H, W) normalised and object masks (B, H, W) bool (or None) for ``rows``.
+
+    Masks go through the same geometric steps as the images (resize, crop).
+    """
     import torch
 
     from audit.data import ImageDataset
-    from audit.data.images import load_mask
 
     df = ctx.samples.set_index("row_id").loc[rows].reset_index()
     ds = ImageDataset(df, ctx.adapter.preprocess.transform(), skip_bad=False)
-    x = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    items = [ds[i] for i in range(len(ds))]
+    x = torch.stack([it["image"] for it in items])  # (B, 3, H, W)
     masks = None
-    if "mask_path" in df.columns and df["mask_path"].notna().all():
-        h, w = x.shape[-2:]
-        masks = torch.stack([torch.as_tensor(load_mask(p, (h, w))) for p in df["mask_path"]])
+    if all(it["mask"].numel() > 0 for it in items):
+        masks = torch.stack([it["mask"].bool() for it in items])  # (B, H, W)
     return x.to(ctx.device), masks
 
 

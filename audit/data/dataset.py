@@ -97,7 +97,7 @@ class ImageDataset(Dataset):
     """Images (and masks) of a manifest, decoded robustly.
 
     Args:
-        manifest: a loaded :class:`Manifest`.
+        manifest: a loaded :class:`Manifest`, or a table with its columns (row_id, path, mask_path).
         transform: PIL RGB image -> ``(3, H, W)`` float tensor; default ``ToTensor()``.
         skip_bad: on a decode failure return a sentinel (dropped and reported by
             :func:`collate_skip_bad`) instead of raising.
@@ -112,7 +112,7 @@ class ImageDataset(Dataset):
 
     def __init__(
         self,
-        manifest: Manifest,
+        manifest: Manifest | pd.DataFrame,
         transform: ImageTransform | None = None,
         *,
         skip_bad: bool = False,
@@ -121,13 +121,16 @@ class ImageDataset(Dataset):
     ) -> None:
         from torchvision import transforms as T
 
+        df = manifest.df if hasattr(manifest, "df") else manifest  # a Manifest, or its (sub)table
+        if "mask_path" not in df.columns:
+            df = df.assign(mask_path=None)
         self.manifest = manifest
         self.transform: ImageTransform = transform if transform is not None else T.ToTensor()
         self.skip_bad = bool(skip_bad)
         self.max_pixels = int(max_pixels)
-        self._row_ids = manifest.df["row_id"].to_numpy(dtype=np.int64)
-        self._paths = manifest.df["path"].astype(object).tolist()
-        self._masks = [None if pd.isna(m) else str(m) for m in manifest.df["mask_path"].tolist()]
+        self._row_ids = df["row_id"].to_numpy(dtype=np.int64)
+        self._paths = df["path"].astype(object).tolist()
+        self._masks = [None if pd.isna(m) else str(m) for m in df["mask_path"].tolist()]
         self._joint = transform is not None and _is_v2(transform) and mask_transform is None
         self.mask_transform: MaskTransform | None = mask_transform
         if self.mask_transform is None and not self._joint and any(m is not None for m in self._masks):
