@@ -1,0 +1,57 @@
+"""Group statistics with honest uncertainty: pure functions over DataFrames and arrays.
+
+Every function returns a tidy DataFrame whose columns are fixed by docs/RUN_FORMAT.md.
+Submodules: performance (group metrics, disparity tests), resampling (count bootstrap,
+permutations, intervals), multiple (Holm, BH), embeddings, association (WEAT, zero-shot,
+harmful labels), retrieval (skew, NDKL), regions (explanation mass by group), sets
+(shipped label / query / word / prompt sets).
+"""
+
+from __future__ import annotations
+
+from audit.stats.association import (
+    AssociationTest,
+    association_table,
+    harmful_label_rates,
+    single_category_eat,
+    weat,
+    zeroshot_label_distribution,
+)
+from audit.stats.embeddings import embedding_group_stats, linear_probe, mmd_test, projection
+from audit.stats.multiple import bh, holm
+from audit.stats.performance import (
+    disparity_tests,
+    expected_calibration_error,
+    fairness_summary,
+    group_performance,
+)
+from audit.stats.regions import mass_in_region, paired_mass_test, region_mass_by_group
+from audit.stats.retrieval import ndkl, retrieval_skew, skew_at_k
+from audit.stats.sets import load_set, shipped_sets
+
+__all__ = [
+    "AssociationTest",
+    "association_table",
+    "bh",
+    "disparity_tests",
+    "embedding_group_stats",
+    "expected_calibration_error",
+    "fairness_summary",
+    "group_performance",
+    "harmful_label_rates",
+    "holm",
+    "linear_probe",
+    "load_set",
+    "mass_in_region",
+    "mmd_test",
+    "ndkl",
+    "paired_mass_test",
+    "projection",
+    "region_mass_by_group",
+    "retrieval_skew",
+    "shipped_sets",
+    "single_category_eat",
+    "skew_at_k",
+    "weat",
+    "zeroshot_label_distribution",
+]
