@@ -152,8 +152,8 @@ def explanations(ctx: Context) -> None:
     import torch
 
     from audit.explain import ClassTarget, explain
-    from audit.explain.faithfulness import deletion_insertion, mass_in_mask, pointing_game
-    from audit.explain.sanity import randomization_check
+    from audit.explain.faithfulness import faithfulness_table
+    from audit.explain.sanity import model_randomization
 
     ex = ctx.config.explain
     methods = list(ex.methods)
@@ -164,7 +164,9 @@ def explanations(ctx: Context) -> None:
         return
     x_all, masks_all = _load_batch(ctx, rows)
     pred_by_row = ctx.predictions.set_index("row_id")["pred_idx"]
-    target = ClassTarget(index=[int(pred_by_row.loc[r]) for r in rows])
+    pred_idx = [int(pred_by_row.loc[r]) for r in rows]  # explain the predicted class
+    # pointing-game tolerance: 15 px at 224 px (Zhang et al.), scaled to the input size
+    tolerance = max(1, round(15 / 224 * min(x_all.shape[-2:])))
     bs = max(1, min(ctx.config.run.batch_size, 16))
     faith_frames = []
     maps_by_method: dict[str, torch.Tensor] = {}
@@ -174,34 +176,45 @@ def explanations(ctx: Context) -> None:
         parts = []
         for s in range(0, len(rows), bs):
             xb = x_all[s : s + bs]
-            tb = ClassTarget(index=target.index[s : s + bs])
+            tb = ClassTarget(index=pred_idx[s : s + bs])
             e = explain(ctx.classifier, xb, method=m, target=tb, seed=ctx.config.stats.seed, **ex.params.get(m, {}))
             parts.append(e.grid_maps.detach().float().cpu())
+            if ex.faithfulness:
+                faith_frames.append(
+                    faithfulness_table(
+                        ctx.classifier, xb, e.grid_maps, method=m, target=tb, row_ids=rows[s : s + bs],
+                        masks=None if masks_all is None else masks_all[s : s + bs], steps=ex.faithfulness_steps,
+                        baseline=ex.baseline, seed=ctx.config.stats.seed + s, tolerance_px=tolerance,
+                    )
+                )
             done += len(xb)
             ctx.progress("explain", done, total)
         maps = torch.cat(parts)  # (M, gh, gw)
-        if not torch.isfinite(maps).all():
-            bad = rows[~torch.isfinite(maps).flatten(1).all(dim=1).numpy()]
-            ctx.notes.append(f"Method {m}: non-finite map values for row ids {bad.tolist()[:20]}; those maps are not trustworthy.")
+        finite = torch.isfinite(maps).flatten(1).all(dim=1)
+        if not finite.all():
+            bad = rows[~finite.numpy()]
+            ctx.notes.append(
+                f"Method {m}: non-finite map values (NaN/Inf) for row ids {bad.tolist()[:20]}; "
+                "those maps are not trustworthy and are not shown as maps."
+            )
         maps_by_method[m] = maps
         ctx.run.write_maps(m, maps, rows)
-        if ex.faithfulness:
-            faith_frames.append(_faithfulness(ctx, m, x_all, maps, rows, target, masks_all, bs))
     ctx.run.save_meta()
     if faith_frames:
         faith = pd.concat(faith_frames, ignore_index=True)
+        faith["pointing_hit"] = faith["pointing_hit"].astype("boolean")
+        faith["mass_in_mask"] = pd.to_numeric(faith["mass_in_mask"], errors="coerce")
         ctx.run.write_table("faithfulness", faith)
         ctx.run.write_table("faithfulness_summary", _faith_summary(faith, ctx.config.stats.seed))
     if ex.sanity:
         n = min(ex.sanity_images, len(rows))
-        frames = []
-        for m in methods:
-            frames.append(
-                randomization_check(
-                    ctx.classifier, x_all[:n], method=m, target=ClassTarget(index=target.index[:n]),
-                    params=ex.params.get(m, {}), seed=ctx.config.stats.seed,
-                )
+        frames = [
+            model_randomization(
+                ctx.classifier, x_all[:n], method=m, target=ClassTarget(index=pred_idx[:n]),
+                params=ex.params.get(m, {}), seed=ctx.config.stats.seed,
             )
+            for m in methods
+        ]
         ctx.run.write_table("sanity", pd.concat(frames, ignore_index=True))
     if masks_all is not None and ctx.group_columns:
         from audit.stats import region_mass_by_group
@@ -219,45 +232,6 @@ def explanations(ctx: Context) -> None:
             )
         ctx.run.write_table("region_mass", pd.concat(frames, ignore_index=True))
     ctx.run.save_meta()
-
-
-def _faithfulness(ctx: Context, method: str, x, maps, rows, target, masks, bs: int):
-    import pandas as pd
-    import torch
-
-    from audit.explain.faithfulness import deletion_insertion, mass_in_mask, pointing_game, random_map_like
-
-    ex = ctx.config.explain
-    rnd = random_map_like(maps, seed=ctx.config.stats.seed)
-    recs = []
-    for s in range(0, len(rows), bs):
-        sl = slice(s, s + bs)
-        from audit.explain import ClassTarget
-
-        tb = ClassTarget(index=target.index[sl])
-        real = deletion_insertion(ctx.classifier, x[sl], maps[sl], target=tb, steps=ex.faithfulness_steps, baseline=ex.baseline)
-        base = deletion_insertion(ctx.classifier, x[sl], rnd[sl], target=tb, steps=ex.faithfulness_steps, baseline=ex.baseline)
-        for j in range(len(real["deletion_auc"])):
-            recs.append(
-                {
-                    "row_id": int(rows[s + j]),
-                    "method": method,
-                    "deletion_auc": float(real["deletion_auc"][j]),
-                    "insertion_auc": float(real["insertion_auc"][j]),
-                    "random_deletion_auc": float(base["deletion_auc"][j]),
-                    "random_insertion_auc": float(base["insertion_auc"][j]),
-                    "target_class": ctx.class_names[target.index[s + j]],
-                }
-            )
-    df = pd.DataFrame(recs)
-    if masks is not None:
-        up = torch.nn.functional.interpolate(maps[:, None], size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        df["pointing_hit"] = np.asarray(pointing_game(up, masks), dtype=bool)
-        df["mass_in_mask"] = np.asarray(mass_in_mask(up.clamp_min(0), masks), dtype=float)
-    else:
-        df["pointing_hit"] = pd.array([None] * len(df), dtype="boolean")
-        df["mass_in_mask"] = np.nan
-    return df
 
 
 def _faith_summary(faith: Any, seed: int):
@@ -300,7 +274,8 @@ def clip_analyses(ctx: Context) -> None:
     """Zero-shot harms, association tests (image-EAT) and retrieval skew."""
     import pandas as pd
 
-    from audit.stats import association_table, harmful_label_rates, retrieval_skew, zeroshot_label_distribution
+    from audit.stats import AssociationTest, association_table, harmful_label_rates, retrieval_skew
+    from audit.stats import zeroshot_label_distribution
     from audit.stats.sets import load_set
 
     cc = ctx.config.clip
@@ -309,37 +284,40 @@ def clip_analyses(ctx: Context) -> None:
     meta = ctx.predictions
     if cc.label_set and ctx.group_columns:
         label_set = load_set(cc.label_set)
-        labels = label_set.labels_frame()
-        text = _text_embeddings(ctx.adapter, labels["prompt"].tolist())
-        dist = zeroshot_label_distribution(img, text, labels, meta, group_cols=ctx.group_columns, n_boot=st.n_boot, seed=st.seed)
-        ctx.run.write_table("zeroshot_labels", dist)
+        labels = label_set.to_frame()
+        text = _text_embeddings(ctx.adapter, labels["label"].tolist())
+        ctx.run.write_table(
+            "zeroshot_labels",
+            zeroshot_label_distribution(img, text, labels, meta, group_cols=ctx.group_columns, n_boot=st.n_boot, seed=st.seed),
+        )
         rates, disp = harmful_label_rates(
-            img, text, labels, meta, group_cols=ctx.group_columns, n_boot=st.n_boot, n_perm=st.n_perm,
-            seed=st.seed, min_group_size=st.min_group_size, label_set=label_set.name,
+            img, text, labels, meta, group_cols=ctx.group_columns, label_set=label_set.name,
+            min_group_size=st.min_group_size, n_boot=st.n_boot, n_perm=st.n_perm, seed=st.seed,
         )
         ctx.run.write_table("harmful_rates", rates)
         ctx.run.write_table("harmful_disparities", disp)
+        ctx.run.meta["label_set"] = {"name": label_set.name, "source": label_set.source, "n_labels": len(labels)}
     if cc.association:
+        text_sets: dict[str, np.ndarray] = {}
         tests = []
         for t in cc.association:
-            if t.set is not None:
-                aset = load_set(t.set)
-                a_texts, b_texts = aset.a, aset.b
-            else:
-                a_texts, b_texts = t.a_texts, t.b_texts
-            tests.append({
-                "test": t.name, "attribute": t.attribute, "X": t.x_group, "Y": t.y_group,
-                "A": a_texts, "B": b_texts,
-                "A_emb": _text_embeddings(ctx.adapter, list(a_texts)), "B_emb": _text_embeddings(ctx.adapter, list(b_texts)),
-            })
-        ctx.run.write_table("association", association_table(img, meta, tests=tests, n_perm=max(st.n_perm, 1000), seed=st.seed))
+            a_texts, b_texts = t.texts()
+            text_sets[f"{t.name} A"] = _text_embeddings(ctx.adapter, a_texts)
+            text_sets[f"{t.name} B"] = _text_embeddings(ctx.adapter, b_texts)
+            tests.append(AssociationTest(test=t.name, A=f"{t.name} A", B=f"{t.name} B", X=t.x_group, Y=t.y_group,
+                                         attribute=t.attribute))
+        ctx.run.write_table(
+            "association", association_table(img, meta, text_sets, tests=tests, n_perm=max(st.n_perm, 1000), seed=st.seed)
+        )
     if cc.queries and ctx.group_columns:
         q = _text_embeddings(ctx.adapter, list(cc.queries))
-        scores = q @ img.T  # (Q, N)
-        frames = []
-        for attr in ctx.group_columns:
-            ks = [k for k in cc.ks if k <= len(img)] or [len(img)]
-            frames.append(retrieval_skew(scores, meta[attr].astype(str).to_numpy(), queries=list(cc.queries), attribute=attr, ks=tuple(ks), target=cc.skew_target))
+        scores = q @ img.T  # (Q, N) cosine similarities
+        ks = tuple(k for k in cc.ks if k <= len(img)) or (len(img),)
+        frames = [
+            retrieval_skew(scores, meta[attr].astype(str).to_numpy(), queries=list(cc.queries), attribute=attr,
+                           ks=ks, target=cc.skew_target)
+            for attr in ctx.group_columns
+        ]
         ctx.run.write_table("retrieval_skew", pd.concat(frames, ignore_index=True))
     ctx.run.save_meta()
 

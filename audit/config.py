@@ -98,21 +98,50 @@ class StatsConfig(_Strict):
 
 
 class AssociationTest(_Strict):
-    """One image-EAT: images of group X vs group Y, text sets A vs B."""
+    """One image-EAT (Steed & Caliskan 2021): images of group X vs group Y, text sets A vs B.
+
+    Give the texts directly (``a_texts``, ``b_texts``), or name two word sets of a WEAT set file
+    (``set: weat_caliskan``, ``a: pleasant``, ``b: unpleasant``) put into ``template``.
+    ``y_group: null`` makes it a single-category test of X.
+    """
 
     name: str
     attribute: str
     x_group: str
-    y_group: str
+    y_group: str | None = None
     a_texts: list[str] | None = None
     b_texts: list[str] | None = None
-    set: str | None = Field(default=None, description="name of a shipped WEAT attribute set (instead of a/b texts)")
+    set: str | None = Field(default=None, description="shipped WEAT set name or YAML path")
+    a: str | None = Field(default=None, description="word set of `set` used as A")
+    b: str | None = Field(default=None, description="word set of `set` used as B")
+    template: str = "a photo of {}"
 
     @model_validator(mode="after")
     def _texts_or_set(self) -> AssociationTest:
-        if self.set is None and (not self.a_texts or not self.b_texts):
-            raise ValueError("give both a_texts and b_texts, or a shipped attribute `set`")
+        direct = bool(self.a_texts) and bool(self.b_texts)
+        named = self.set is not None and self.a is not None and self.b is not None
+        if direct == named:
+            raise ValueError("give both a_texts and b_texts, or a WEAT `set` with its word sets `a` and `b` (not both)")
+        if "{}" not in self.template:
+            raise ValueError("template must contain '{}' where the word goes")
         return self
+
+    def texts(self) -> tuple[list[str], list[str]]:
+        """The A and B prompt texts."""
+        if self.a_texts and self.b_texts:
+            return list(self.a_texts), list(self.b_texts)
+        from audit.stats.sets import load_set
+
+        ws = load_set(self.set)
+        sets = getattr(ws, "sets", None)
+        if sets is None or self.a not in sets or self.b not in sets:
+            from audit.errors import ConfigError
+
+            raise ConfigError(
+                f"clip.association {self.name!r}: set {self.set!r} has no word sets {self.a!r} and {self.b!r}"
+                + (f" (it has {sorted(sets)})" if sets else " (it is not a WEAT set)")
+            )
+        return [self.template.format(w) for w in sets[self.a]], [self.template.format(w) for w in sets[self.b]]
 
 
 class ClipConfig(_Strict):

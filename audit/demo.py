@@ -42,7 +42,7 @@ def demo_config(name: str, manifest: Path, out: Path) -> dict[str, Any]:
         cfg["model"]["class_prompts"] = {c: [f"a photo of a {c}"] for c in W.classes}
         other = next(g for g in W.groups if g != W.concept_group)
         cfg["clip"] = {
-            "label_set": "canary_harm",
+            "label_set": str(Path(__file__).resolve().parent / "zoo" / "data" / "canary_labels.yaml"),
             "association": [
                 {
                     "name": "concept words vs neutral words",
