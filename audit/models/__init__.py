@@ -1,0 +1,141 @@
+"""Model adapters: the only code that knows a model family.
+
+Example:
+    >>> from audit.models import load_model
+    >>> adapter = load_model("timm:vit_tiny_patch16_224", pretrained=False, img_size=32,
+    ...                      patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=3)
+    >>> adapter.token_layout().grid
+    (4, 4)
+
+Families are registered in :data:`audit.registry.ADAPTERS` (``timm``, ``open_clip``,
+``hf``); ``zoo:NAME`` specs are resolved through :func:`audit.zoo.resolve`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import torch
+
+from audit.errors import ModelLoadError, UsageError
+from audit.models.base import Adapter, AttentionPatch, ModelSpec, Preprocess, TokenLayout, weights_hash
+from audit.registry import ADAPTERS
+
+__all__ = [
+    "Adapter",
+    "AttentionPatch",
+    "ModelSpec",
+    "Preprocess",
+    "TokenLayout",
+    "ZeroShotHead",
+    "list_families",
+    "load_model",
+    "weights_hash",
+]
+
+_ADAPTER_MODULES = ("audit.models.timm_vit", "audit.models.open_clip", "audit.models.hf")
+
+
+def _register_builtin() -> None:
+    for mod in _ADAPTER_MODULES:
+        importlib.import_module(mod)
+
+
+ADAPTERS.add_loader(_register_builtin)
+
+
+def load_model(
+    spec: str | ModelSpec,
+    *,
+    checkpoint: str | None = None,
+    device: str | torch.device = "cpu",
+    class_names: list[str] | None = None,
+    **options: Any,
+) -> Adapter:
+    """Load a model behind the uniform :class:`Adapter` interface.
+
+    Args:
+        spec: ``FAMILY:NAME`` (e.g. ``timm:vit_base_patch16_224``,
+            ``open_clip:ViT-B-32/laion2b_s34b_b79k``, ``hf:./my_vit_dir``, ``zoo:vit-biased``)
+            or a :class:`ModelSpec`.
+        checkpoint: local weights file (``.safetensors`` preferred; ``.pth``/``.bin`` are read
+            with ``torch.load(weights_only=True)``). Overrides ``spec.checkpoint``.
+        device: where to put the model.
+        class_names: class names of a classifier head (length = number of classes).
+        **options: family-specific options merged into ``spec.options`` (e.g. timm's
+            ``img_size``, ``num_classes``, ``pretrained=False``).
+
+    Returns:
+        The loaded adapter, in eval mode.
+
+    Raises:
+        ModelLoadError: bad spec, unknown family, missing network, checkpoint that does not fit.
+        UnsafeCheckpointError: a pickle checkpoint that would execute code.
+    """
+    if isinstance(spec, str):
+        spec = ModelSpec.parse(spec)
+    opts = dict(spec.options)
+    opts.update(options)
+    if class_names is not None:
+        opts["class_names"] = list(class_names)
+    ckpt = checkpoint if checkpoint is not None else spec.checkpoint
+    spec = ModelSpec(family=spec.family, name=spec.name, checkpoint=ckpt, options=opts)
+
+    if spec.family == "zoo":
+        return _load_zoo(spec, device=device)
+    try:
+        adapter_cls = ADAPTERS.get(spec.family)
+    except UsageError:
+        known = ", ".join(ADAPTERS.names() + ["zoo"])
+        raise ModelLoadError(
+            f"unknown model family {spec.family!r} in spec {spec.family}:{spec.name}; known families: {known} "
+            "(run `vision-audit models`)"
+        ) from None
+    return adapter_cls.load(spec, device=device)
+
+
+def _load_zoo(spec: ModelSpec, *, device: str | torch.device) -> Adapter:
+    try:
+        zoo = importlib.import_module("audit.zoo")
+        resolve = zoo.resolve
+    except (ImportError, AttributeError) as e:
+        raise ModelLoadError(
+            f"cannot load zoo:{spec.name}: the canary zoo (audit.zoo) is not available in this installation ({e})"
+        ) from e
+    inner, path, extra = resolve(spec.name)
+    opts = dict(extra or {})
+    opts.update({k: v for k, v in spec.options.items()})
+    inner_spec = ModelSpec.parse(inner) if isinstance(inner, str) else inner
+    if inner_spec.family == "zoo":
+        raise ModelLoadError(f"zoo:{spec.name} resolves to another zoo spec ({inner}); zoo entries must name a family")
+    adapter = load_model(inner_spec, checkpoint=spec.checkpoint or path, device=device, **opts)
+    adapter.resolved_spec = adapter.spec  # type: ignore[attr-defined]
+    adapter.spec = ModelSpec(family="zoo", name=spec.name, checkpoint=spec.checkpoint or path, options=opts)
+    return adapter
+
+
+def list_families() -> list[dict[str, Any]]:
+    """Model families with a description and example specs (for ``vision-audit models``)."""
+    out = []
+    for name in ADAPTERS.names():
+        cls = ADAPTERS.get(name)
+        out.append({
+            "family": name,
+            "description": getattr(cls, "description", (cls.__doc__ or "").strip().splitlines()[0]),
+            "examples": list(getattr(cls, "examples", ())),
+        })
+    out.append({
+        "family": "zoo",
+        "description": "the canary zoo: tiny trained models with planted biases (offline, embedded)",
+        "examples": ["zoo:vit-biased"],
+    })
+    return out
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ZeroShotHead":
+        from audit.models.zeroshot import ZeroShotHead
+
+        return ZeroShotHead
+    raise AttributeError(f"module 'audit.models' has no attribute {name!r}")

@@ -1,0 +1,326 @@
+"""Hugging Face transformers models: ``ViTForImageClassification`` and ``CLIPModel``.
+
+Spec: ``hf:REPO_ID`` (hub; needs network or a filled local cache) or ``hf:PATH`` (a local
+directory written by ``save_pretrained``; read with ``local_files_only=True``). A
+``checkpoint`` file (.safetensors / .pth) replaces the weights of the directory's model,
+loaded strictly. Needs the optional extra ``vision-audit[hf]`` (transformers).
+
+Models are loaded with ``attn_implementation="eager"``: SDPA (the default in transformers
+v5) returns no attention probabilities. The attention patch calls the module's own eager
+forward and records the probabilities it returns, which are the tensor multiplied with V
+(so they are on the gradient path).
+
+Preprocessing is read from ``preprocessor_config.json`` when the model directory (or
+cache) has one; otherwise from the model config's ``image_size`` with the processors'
+documented defaults: mean = std = (0.5, 0.5, 0.5) for ViT (``ViTImageProcessor``) and
+OpenAI's CLIP mean/std for CLIP (``CLIPImageProcessor``), bicubic for CLIP, bilinear for ViT.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from audit.errors import CaptureError, ModelLoadError, UsageError
+from audit.models.base import Adapter, AttentionPatch, ModelSpec, Preprocess, TokenLayout, Tower
+from audit.models.checkpoints import check_state_dict, load_state_dict_file
+from audit.models.timm_vit import no_network_message
+from audit.registry import ADAPTERS
+
+_OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+_PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
+_SUPPORTED = ("vit", "clip")
+
+
+def _import_transformers():
+    try:
+        import transformers
+    except ImportError as e:  # optional extra
+        raise ModelLoadError(
+            "hf: specs need the transformers library; install the extra: pip install 'vision-audit[hf]'"
+        ) from e
+    return transformers
+
+
+def hf_attention_patch(module: nn.Module) -> AttentionPatch:
+    """Patch for a transformers attention module whose eager forward returns ``(out, probs)``."""
+    orig = type(module).forward
+    accepts_oa = "output_attentions" in inspect.signature(orig).parameters  # transformers v4
+    config = getattr(module, "config", None)
+
+    def forward(*args: Any, record, **kwargs: Any) -> Any:
+        want = bool(kwargs.get("output_attentions", False))
+        if accepts_oa:
+            kwargs["output_attentions"] = True
+        out = orig(module, *args, **kwargs)
+        probs = out[1] if isinstance(out, tuple) and len(out) > 1 else None
+        if probs is None:
+            raise CaptureError(
+                f"{type(module).__name__} returned no attention probabilities; the model must run with "
+                "attn_implementation='eager'"
+            )
+        record(probs)  # (B, H, N, N), the tensor multiplied with V
+        if accepts_oa and not want:
+            out = (out[0], None, *out[2:])
+        return out
+
+    def setup() -> Any:
+        if config is None or getattr(config, "_attn_implementation", "eager") == "eager":
+            return None
+        old = config._attn_implementation
+        config._attn_implementation = "eager"
+        return old
+
+    def teardown(old: Any) -> None:
+        if old is not None and config is not None:
+            config._attn_implementation = old
+
+    return AttentionPatch(module=module, forward=forward, setup=setup, teardown=teardown)
+
+
+@ADAPTERS.register("hf")
+class HFAdapter(Adapter):
+    """Adapter for transformers ``ViTForImageClassification`` (classifier) and ``CLIPModel`` (clip)."""
+
+    family: ClassVar[str] = "hf"
+    examples: ClassVar[tuple[str, ...]] = (
+        "hf:google/vit-base-patch16-224",
+        "hf:openai/clip-vit-base-patch32",
+        "hf:./my_saved_model_dir",
+    )
+    description: ClassVar[str] = "Hugging Face transformers ViTForImageClassification / CLIPModel (extra 'hf')"
+
+    def __init__(self, spec: ModelSpec, model: nn.Module, model_type: str, preprocess: Preprocess,
+                 class_names: list[str] | None, tokenizer: Any = None) -> None:
+        self.spec = spec
+        self.model = model
+        self.model_type = model_type
+        self.kind = "clip" if model_type == "clip" else "classifier"
+        self.preprocess = preprocess
+        self.class_names = class_names
+        self.tokenizer = tokenizer
+
+    # -- loading ---------------------------------------------------------------------------
+    @classmethod
+    def load(cls, spec: ModelSpec, *, device: str | torch.device = "cpu") -> HFAdapter:
+        tf = _import_transformers()
+        opts = dict(spec.options)
+        class_names = opts.pop("class_names", None)
+        if opts:
+            raise ModelLoadError(f"hf:{spec.name}: unknown options {sorted(opts)}; known: class_names")
+        src = spec.name
+        local = Path(src).expanduser()
+        is_local = local.is_dir()
+        if not is_local and (src.startswith((".", "/", "~")) or local.exists()):
+            raise ModelLoadError(f"hf:{src}: {local} is not a directory written by save_pretrained()")
+        where = str(local) if is_local else src
+        try:
+            config = tf.AutoConfig.from_pretrained(where, local_files_only=is_local)
+        except (OSError, ValueError) as e:
+            if is_local:
+                raise ModelLoadError(f"hf:{src}: no readable config.json in {local}: {e}") from e
+            raise ModelLoadError(no_network_message(f"hf:{src}", e, "hf:LOCAL_DIR")
+                                 + "; or save the model with save_pretrained() and use hf:DIRECTORY") from e
+        mtype = getattr(config, "model_type", "?")
+        if mtype not in _SUPPORTED:
+            raise ModelLoadError(f"hf:{src}: model type {mtype!r} is not supported (supported: ViT, CLIP)")
+        model_cls = tf.ViTForImageClassification if mtype == "vit" else tf.CLIPModel
+        if spec.checkpoint:
+            sd = load_state_dict_file(spec.checkpoint)
+            config._attn_implementation = "eager"
+            model = model_cls(config)
+            n_ckpt = sd["classifier.weight"].shape[0] if "classifier.weight" in sd else None
+            check_state_dict(model, sd, source=spec.checkpoint, spec=f"hf:{src}",
+                             head_keys=("classifier.weight", "classifier.bias"),
+                             head_hint=f"The checkpoint's head has {n_ckpt} classes; its config.json (num_labels/"
+                             "id2label) must say the same.")
+            model.load_state_dict(sd, strict=True)
+        else:
+            try:
+                model = model_cls.from_pretrained(where, attn_implementation="eager", local_files_only=is_local)
+            except OSError as e:
+                if is_local:
+                    raise ModelLoadError(f"hf:{src}: cannot load the weights in {local}: {e}") from e
+                raise ModelLoadError(no_network_message(f"hf:{src}", e, "hf:LOCAL_DIR")) from e
+        model.eval().to(device)
+        tokenizer = None
+        if mtype == "clip":
+            try:
+                tokenizer = tf.AutoTokenizer.from_pretrained(where, local_files_only=is_local)
+            except (OSError, ValueError) as e:
+                raise ModelLoadError(
+                    f"hf:{src}: CLIP needs its tokenizer files (vocab.json, merges.txt, tokenizer_config.json) "
+                    f"next to the model: {e}"
+                ) from e
+        n_classes = int(getattr(config, "num_labels", 0)) if mtype == "vit" else 0
+        if mtype == "vit":
+            if class_names is None:
+                id2label = getattr(config, "id2label", None) or {}
+                class_names = [str(id2label.get(i, id2label.get(str(i), f"class_{i}"))) for i in range(n_classes)]
+            elif len(class_names) != n_classes:
+                raise ModelLoadError(f"hf:{src}: {len(class_names)} class_names given, the model has {n_classes} classes")
+        else:
+            class_names = None
+        pp = _preprocess(where, is_local, config, mtype)
+        return cls(spec, model, mtype, pp, class_names, tokenizer)
+
+    # -- structure ---------------------------------------------------------------------------
+    @property
+    def _vision_config(self) -> Any:
+        return self.model.config.vision_config if self.model_type == "clip" else self.model.config
+
+    def _patch(self) -> tuple[int, int]:
+        p = self._vision_config.patch_size
+        return (p, p) if isinstance(p, int) else tuple(p)  # type: ignore[return-value]
+
+    def token_layout(self, input_size: tuple[int, int] | None = None) -> TokenLayout:
+        size = tuple(input_size) if input_size is not None else self.preprocess.size
+        if not self.supports_input_size(size):  # type: ignore[arg-type]
+            raise UsageError(f"{self.spec}: input size {size} is not a multiple of the patch size {self._patch()}")
+        ph, pw = self._patch()
+        return TokenLayout(prefix_kinds=("cls",), pooled=0, grid=(size[0] // ph, size[1] // pw))
+
+    def supports_input_size(self, size: tuple[int, int]) -> bool:
+        """Any multiple of the patch size (position embeddings are interpolated)."""
+        ph, pw = self._patch()
+        return size[0] >= ph and size[1] >= pw and size[0] % ph == 0 and size[1] % pw == 0
+
+    def vision_blocks(self) -> list[nn.Module]:
+        if self.model_type == "clip":
+            return list(self.model.vision_model.encoder.layers)
+        vit = self.model.vit
+        layers = getattr(vit, "layers", None)  # transformers v5
+        return list(layers if layers is not None else vit.encoder.layer)
+
+    def text_blocks(self) -> list[nn.Module]:
+        if self.model_type != "clip":
+            raise UsageError(f"{self.spec} has no text tower")
+        return list(self.model.text_model.encoder.layers)
+
+    @staticmethod
+    def _attn_module(block: nn.Module) -> nn.Module:
+        if hasattr(block, "self_attn"):  # CLIPEncoderLayer
+            return block.self_attn
+        att = block.attention  # ViTLayer: v5 ViTAttention; v4 ViTAttention.attention (ViTSelfAttention)
+        return att.attention if hasattr(att, "attention") else att
+
+    def attention_patches(self, tower: Tower = "vision") -> list[AttentionPatch]:
+        if tower == "vision":
+            blocks = self.vision_blocks()
+        elif tower == "text":
+            blocks = self.text_blocks()
+        else:
+            raise UsageError(f"unknown tower {tower!r}; use 'vision' or 'text'")
+        return [hf_attention_patch(self._attn_module(b)) for b in blocks]
+
+    def gradcam_layer(self) -> nn.Module:
+        last = self.vision_blocks()[-1]
+        return last.layer_norm1 if self.model_type == "clip" else last.layernorm_before
+
+    def _interp(self, x: torch.Tensor) -> bool:
+        img = self._vision_config.image_size
+        img = (img, img) if isinstance(img, int) else tuple(img)
+        return tuple(x.shape[-2:]) != tuple(img)
+
+    # -- forward -----------------------------------------------------------------------------
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        if self.model_type == "clip":
+            out = self.model.vision_model(pixel_values=x, interpolate_pos_encoding=self._interp(x))
+            return self.model.visual_projection(out.pooler_output)  # (B, D)
+        out = self.model.vit(pixel_values=x, interpolate_pos_encoding=self._interp(x))
+        return out.last_hidden_state[:, 0]  # (B, C) pre-logits (what the classifier reads)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.model_type == "clip":
+            return super().logits(x)
+        return self.model(pixel_values=x, interpolate_pos_encoding=self._interp(x)).logits  # (B, C)
+
+    def image_projection(self) -> nn.Module | None:
+        return self.model.visual_projection if self.model_type == "clip" else None
+
+    # -- text --------------------------------------------------------------------------------
+    def _need_text(self) -> None:
+        if self.model_type != "clip":
+            raise UsageError(f"{self.spec} has no text tower")
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        self._need_text()
+        n = int(self.model.config.text_config.max_position_embeddings)
+        enc = self.tokenizer(list(texts), padding="max_length", max_length=n, truncation=True, return_tensors="pt")
+        return enc["input_ids"].to(self.device)  # (T, L)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        self._need_text()
+        out = self.model.text_model(input_ids=tokens)
+        return self.model.text_projection(out.pooler_output)  # (T, D)
+
+    def text_eot_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        """As transformers' CLIPTextModel pools: argmax for legacy configs (eos_token_id == 2),
+        else the first position of ``eos_token_id``."""
+        self._need_text()
+        eos = self.model.config.text_config.eos_token_id
+        if eos == 2:
+            return tokens.argmax(dim=-1)
+        return (tokens == eos).int().argmax(dim=-1)
+
+    def text_token_strings(self, tokens: torch.Tensor) -> list[list[str]]:
+        """Token strings up to and including the end-of-text token (positions align with ``tokens``)."""
+        eot = self.text_eot_index(tokens).tolist()
+        return [
+            [str(t).replace("</w>", "") for t in self.tokenizer.convert_ids_to_tokens(row[: e + 1])]
+            for row, e in zip(tokens.tolist(), eot)
+        ]
+
+    @property
+    def logit_scale(self) -> float:
+        self._need_text()
+        return float(self.model.logit_scale.detach().exp())
+
+
+def _read_processor_config(where: str, is_local: bool) -> dict[str, Any] | None:
+    if is_local:
+        p = Path(where) / "preprocessor_config.json"
+        return json.loads(p.read_text()) if p.is_file() else None
+    try:
+        from transformers.utils import cached_file
+
+        path = cached_file(where, "preprocessor_config.json", local_files_only=True,
+                           _raise_exceptions_for_missing_entries=False)
+    except (OSError, ValueError):
+        return None
+    return json.loads(Path(path).read_text()) if path else None
+
+
+def _preprocess(where: str, is_local: bool, config: Any, mtype: str) -> Preprocess:
+    vcfg = config.vision_config if mtype == "clip" else config
+    img = vcfg.image_size
+    size = (img, img) if isinstance(img, int) else tuple(img)
+    if mtype == "clip":
+        mean, std, interp = _OPENAI_MEAN, _OPENAI_STD, "bicubic"
+    else:
+        mean, std, interp = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear"
+    crop_pct, mode = 1.0, "squash" if mtype == "vit" else "shortest"
+    pc = _read_processor_config(where, is_local)
+    if pc:
+        mean = tuple(pc.get("image_mean", mean))
+        std = tuple(pc.get("image_std", std))
+        interp = _PIL_RESAMPLE.get(pc.get("resample"), interp)
+        rs = pc.get("size")
+        if isinstance(rs, dict) and "shortest_edge" in rs:
+            mode = "shortest"
+            if pc.get("do_center_crop", False):
+                crop = pc.get("crop_size", {})
+                ch = crop.get("height", size[0]) if isinstance(crop, dict) else crop
+                crop_pct = float(ch) / float(rs["shortest_edge"])
+        elif isinstance(rs, dict) and "height" in rs:
+            mode = "squash"
+    return Preprocess(size=(int(size[0]), int(size[1])), mean=tuple(float(m) for m in mean),  # type: ignore[arg-type]
+                      std=tuple(float(s) for s in std), interpolation=interp,  # type: ignore[arg-type]
+                      crop_pct=min(crop_pct, 1.0), resize_mode=mode)  # type: ignore[arg-type]

@@ -1,0 +1,296 @@
+"""timm Vision Transformers: ViT, DeiT (incl. distilled), register-token ViTs, CLIP
+vision towers and mean-pooled ViTs.
+
+Spec: ``timm:NAME`` (any ``timm.create_model`` name), optional local checkpoint.
+Options (``ModelSpec.options``) are passed to ``timm.create_model`` (e.g. ``img_size``,
+``patch_size``, ``embed_dim``, ``depth``, ``num_heads``, ``num_classes``, ``class_token``,
+``global_pool``, ``reg_tokens``, ``dynamic_img_size``) except these, read by the adapter:
+
+* ``class_names``: list of class names (length must equal the number of classes);
+* ``pretrained``: ``False`` builds a randomly initialised model (tests, the zoo);
+  default: download timm's pretrained weights when no checkpoint is given;
+* ``model_kwargs``: a dict of further ``timm.create_model`` keyword arguments (merged
+  with the other options; used by the canary zoo).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from audit.errors import ModelLoadError, UsageError
+from audit.models.base import Adapter, AttentionPatch, ModelSpec, Preprocess, TokenLayout, Tower
+from audit.models.checkpoints import check_state_dict, load_state_dict_file
+from audit.registry import ADAPTERS
+
+_ADAPTER_OPTIONS = ("class_names", "pretrained")
+_INTERP = {"bilinear", "bicubic", "nearest", "lanczos"}
+
+
+def no_network_message(spec: str, err: BaseException, example: str) -> str:
+    """Shared text for a hub download that failed (no network in this environment)."""
+    return (
+        f"cannot download the weights of {spec}: no network access to the model hub "
+        f"({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}). "
+        f"Give a local weights file instead: `--checkpoint PATH` on the command line, or "
+        f"load_model({example!r}, checkpoint=PATH) in Python (.safetensors preferred)"
+    )
+
+
+@ADAPTERS.register("timm")
+class TimmViTAdapter(Adapter):
+    """Adapter for ``timm`` VisionTransformer-family models (classifier kind)."""
+
+    family: ClassVar[str] = "timm"
+    examples: ClassVar[tuple[str, ...]] = (
+        "timm:vit_base_patch16_224",
+        "timm:deit_small_distilled_patch16_224",
+        "timm:vit_small_patch14_reg4_dinov2.lvd142m",
+        "timm:vit_base_patch16_clip_224.openai_ft_in12k_in1k",
+    )
+    description: ClassVar[str] = "timm ViT / DeiT (distilled) / register ViTs / CLIP vision towers"
+
+    def __init__(self, spec: ModelSpec, model: nn.Module, class_names: list[str] | None,
+                 preprocess: Preprocess) -> None:
+        self.spec = spec
+        self.model = model
+        self.kind = "classifier"
+        self.class_names = class_names
+        self.preprocess = preprocess
+
+    # -- loading -----------------------------------------------------------------
+    @classmethod
+    def load(cls, spec: ModelSpec, *, device: str | torch.device = "cpu") -> TimmViTAdapter:
+        import timm
+
+        opts = dict(spec.options)
+        class_names = opts.pop("class_names", None)
+        pretrained_opt = opts.pop("pretrained", None)
+        extra = opts.pop("model_kwargs", None) or {}
+        if not isinstance(extra, dict):
+            raise ModelLoadError(f"timm:{spec.name}: option model_kwargs must be a dict, got {type(extra).__name__}")
+        opts = {**extra, **opts}
+        name = spec.name
+        arch = name.split(".", 1)[0]
+        if not timm.is_model(arch):
+            close = timm.list_models(f"*{arch.split('_')[0]}*")[:8]
+            raise ModelLoadError(
+                f"timm has no model named {name!r}; close names: {', '.join(close) or '(none)'}; "
+                "see timm.list_models()"
+            )
+        if class_names is not None and "num_classes" not in opts:
+            opts["num_classes"] = len(class_names)
+        from_hub = False
+        if spec.checkpoint is not None:
+            sd = load_state_dict_file(spec.checkpoint)
+            try:
+                model = timm.create_model(name, pretrained=False, **opts)
+            except (TypeError, ValueError, AssertionError, RuntimeError) as e:
+                raise ModelLoadError(f"timm could not build {spec.family}:{name} with options {opts}: {e}") from e
+            head_keys = _head_keys(model)
+            n_ckpt = _ckpt_num_classes(sd, head_keys)
+            hint = (
+                f"The checkpoint's head has {n_ckpt} classes: pass num_classes={n_ckpt} "
+                f"(option num_classes / class_names with {n_ckpt} names)."
+                if n_ckpt is not None
+                else "The checkpoint has no classification head: pass num_classes=0 for a feature model."
+            )
+            check_state_dict(model, sd, source=spec.checkpoint, spec=f"timm:{name}", head_keys=head_keys,
+                             head_hint=hint)
+            model.load_state_dict(sd, strict=True)
+        elif pretrained_opt is False:
+            model = timm.create_model(name, pretrained=False, **opts)
+        else:
+            from_hub = True
+            try:
+                model = timm.create_model(name, pretrained=True, **opts)
+            except (TypeError, ValueError, AssertionError) as e:
+                raise ModelLoadError(f"timm could not build timm:{name} with options {opts}: {e}") from e
+            except Exception as e:  # hub / network errors have many types
+                raise ModelLoadError(no_network_message(f"timm:{name}", e, f"timm:{name}")) from e
+        model.eval().to(device)
+        _check_supported(model, name)
+        n_classes = int(getattr(model, "num_classes", 0) or 0)
+        if class_names is None:
+            class_names = _pretrained_labels(model, n_classes) if from_hub else None
+            if class_names is None and n_classes > 0:
+                class_names = [f"class_{i}" for i in range(n_classes)]
+        elif len(class_names) != n_classes:
+            raise ModelLoadError(
+                f"timm:{name}: {len(class_names)} class_names given but the model has {n_classes} classes"
+            )
+        return cls(spec, model, list(class_names) if class_names else None, _preprocess(model))
+
+    # -- layout ---------------------------------------------------------------------
+    def token_layout(self, input_size: tuple[int, int] | None = None) -> TokenLayout:
+        m = self.model
+        size = tuple(input_size) if input_size is not None else self.preprocess.size
+        if not self.supports_input_size(size):  # type: ignore[arg-type]
+            raise UsageError(
+                f"{self.spec} accepts input size {self.preprocess.size} only (got {size}); build it with "
+                "option dynamic_img_size=True for other sizes"
+            )
+        kinds: list[str] = []
+        if getattr(m, "has_class_token", False):
+            kinds.append("cls")
+        if getattr(m, "dist_token", None) is not None:
+            kinds.append("dist")
+        kinds += ["reg"] * int(getattr(m, "num_reg_tokens", 0) or 0)
+        if len(kinds) != int(m.num_prefix_tokens):
+            raise UsageError(
+                f"{self.spec}: cannot tell the prefix tokens apart ({m.num_prefix_tokens} prefix tokens, "
+                f"recognised {kinds})"
+            )
+        pool = getattr(m, "global_pool", "token")
+        pooled = 0 if (pool == "token" and kinds and kinds[0] == "cls") else None
+        pe = m.patch_embed
+        if hasattr(pe, "dynamic_feat_size"):
+            grid = tuple(int(g) for g in pe.dynamic_feat_size(size))
+        else:
+            ph, pw = pe.patch_size
+            grid = (size[0] // ph, size[1] // pw)
+        return TokenLayout(prefix_kinds=tuple(kinds), pooled=pooled, grid=grid)  # type: ignore[arg-type]
+
+    def supports_input_size(self, size: tuple[int, int]) -> bool:
+        pe = self.model.patch_embed
+        h, w = int(size[0]), int(size[1])
+        if tuple(pe.img_size) == (h, w):
+            return True
+        if not getattr(self.model, "dynamic_img_size", False):
+            return False
+        ph, pw = pe.patch_size
+        if getattr(pe, "dynamic_img_pad", False):
+            return h >= 1 and w >= 1
+        return h >= ph and w >= pw and h % ph == 0 and w % pw == 0
+
+    def vision_blocks(self) -> list[nn.Module]:
+        return list(self.model.blocks)
+
+    def attention_patches(self, tower: Tower = "vision") -> list[AttentionPatch]:
+        """One patch per block: records the post-softmax attention entering ``attn.attn_drop``.
+
+        timm's own eager branch (``fused_attn=False``) computes
+        ``softmax(q k^T * scale + mask)`` and passes it through ``attn_drop`` before
+        ``attn @ v``; the patch replaces that dropout module's forward by one that records
+        its input and then applies the dropout. The rest of the forward is timm's code, so
+        the outputs equal timm's eager path exactly. ``setup`` switches ``fused_attn`` off
+        on the existing module; ``teardown`` restores it.
+        """
+        if tower != "vision":
+            raise UsageError(f"{self.spec} has no {tower} tower (timm models are image classifiers)")
+        patches = []
+        for i, blk in enumerate(self.model.blocks):
+            attn = blk.attn
+            drop = getattr(attn, "attn_drop", None)
+            if not hasattr(attn, "fused_attn") or not isinstance(drop, nn.Module):
+                raise UsageError(
+                    f"{self.spec}: block {i} uses {type(attn).__name__}, whose attention probabilities "
+                    "cannot be captured (expected timm.layers.Attention with fused_attn and attn_drop)"
+                )
+            patches.append(AttentionPatch(module=drop, forward=_recording_dropout(drop),
+                                          setup=_flag_setter(attn, "fused_attn", False),
+                                          teardown=_flag_restorer(attn, "fused_attn")))
+        return patches
+
+    def gradcam_layer(self) -> nn.Module:
+        last = self.model.blocks[-1]
+        return last.norm1 if self.token_layout().pooled is not None else last
+
+    # -- forward -----------------------------------------------------------------------
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.model.forward_features(x)  # (B, N, C)
+        return self.model.forward_head(feats, pre_logits=True)  # (B, D)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        if not getattr(self.model, "num_classes", 0):
+            raise UsageError(f"{self.spec} was built without a classification head (num_classes=0)")
+        return self.model(x)  # (B, C); distilled DeiT: mean of both heads (timm's eval output)
+
+
+# -- helpers -------------------------------------------------------------------------------
+def _recording_dropout(drop: nn.Module):
+    cls_forward = type(drop).forward
+
+    def forward(attn: torch.Tensor, *, record) -> torch.Tensor:
+        record(attn)  # (B, H, N, N) post-softmax
+        return cls_forward(drop, attn)
+
+    return forward
+
+
+def _flag_setter(obj: Any, attr: str, value: Any):
+    def setup() -> Any:
+        old = getattr(obj, attr)
+        setattr(obj, attr, value)
+        return old
+
+    return setup
+
+
+def _flag_restorer(obj: Any, attr: str):
+    def teardown(old: Any) -> None:
+        setattr(obj, attr, old)
+
+    return teardown
+
+
+def _head_keys(model: nn.Module) -> tuple[str, ...]:
+    keys = []
+    for prefix in ("head", "head_dist", "fc_norm_head"):
+        mod = getattr(model, prefix, None)
+        if isinstance(mod, nn.Module):
+            keys += [f"{prefix}.{k}" for k in mod.state_dict()]
+    return tuple(keys)
+
+
+def _ckpt_num_classes(sd: dict[str, torch.Tensor], head_keys: tuple[str, ...]) -> int | None:
+    w = sd.get("head.weight")
+    return int(w.shape[0]) if w is not None and w.dim() == 2 else None
+
+
+def _check_supported(model: nn.Module, name: str) -> None:
+    if not hasattr(model, "blocks") or not hasattr(model, "patch_embed") or not hasattr(model, "num_prefix_tokens"):
+        raise ModelLoadError(
+            f"timm:{name} is not a VisionTransformer-style model (needs blocks, patch_embed, num_prefix_tokens); "
+            "vision-audit explains ViT, DeiT, register ViTs and CLIP vision towers"
+        )
+
+
+def _pretrained_labels(model: nn.Module, n_classes: int) -> list[str] | None:
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    names = cfg.get("label_names")
+    if names and len(names) == n_classes:
+        return list(names)
+    try:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset(model)
+        if subset:
+            info = ImageNetInfo(subset)
+            descs = info.label_descriptions(as_dict=False)
+            if len(descs) == n_classes:
+                return [d.split(",")[0] for d in descs]
+    except Exception:  # noqa: BLE001 - label metadata is a nicety, never a load failure
+        return None
+    return None
+
+
+def _preprocess(model: nn.Module) -> Preprocess:
+    from timm.data import resolve_model_data_config
+
+    cfg = resolve_model_data_config(model)
+    _, h, w = cfg["input_size"]
+    built = tuple(int(s) for s in model.patch_embed.img_size)
+    if (h, w) != built:  # options such as img_size=32 override the pretrained config's size
+        h, w = built
+    interp = cfg.get("interpolation", "bicubic")
+    return Preprocess(
+        size=(int(h), int(w)),
+        mean=tuple(float(v) for v in cfg["mean"]),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in cfg["std"]),  # type: ignore[arg-type]
+        interpolation=interp if interp in _INTERP else "bicubic",
+        crop_pct=float(cfg.get("crop_pct", 1.0) or 1.0),
+        resize_mode="squash" if cfg.get("crop_mode") == "squash" else "shortest",
+    )
