@@ -1,0 +1,356 @@
+"""Before/after comparison of two runs: per group and metric both values, the difference
+(B - A) and a bootstrap interval of the difference.
+
+The interval resamples each run independently and within each group: a group's confusion
+matrix is redrawn as Multinomial(n_g, cell shares), which is the nonparametric bootstrap of
+any metric that is a function of the confusion counts (accuracy, balanced accuracy). The
+worst-group value and the max-min gap of each attribute are recomputed in every resample,
+over the groups that reach the minimum size in both runs. The runs' own disparity tests
+are shown side by side.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from audit.errors import RunError
+from audit.report.summary import (
+    DEFAULT_MIN_GROUP_SIZE,
+    INTERSECTION_SEP,
+    SUMMARY_SCHEMA_VERSION,
+    Num,
+    Provenance,
+    ToolInfo,
+    _provenance,
+    _tool_version,
+    fmt,
+    fmt_ci,
+)
+from audit.runs import Run, atomic_path, utc_now, write_json
+
+COMPARE_METRICS = ("accuracy", "balanced_accuracy")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DiffRow(_Model):
+    """One metric for one group (or the worst group / the gap of an attribute) in both runs."""
+
+    kind: Literal["group", "worst group", "max-min gap"]
+    attribute: str
+    group: str
+    metric: str
+    n_a: int
+    n_b: int
+    a: Num
+    a_ci_low: Num
+    a_ci_high: Num
+    b: Num
+    b_ci_low: Num
+    b_ci_high: Num
+    diff: Num
+    diff_ci_low: Num
+    diff_ci_high: Num
+    small: bool
+    note: str = ""
+
+
+class DisparityPair(_Model):
+    attribute: str
+    metric: str
+    cls: str
+    a_difference: Num = None
+    a_ci_low: Num = None
+    a_ci_high: Num = None
+    a_p_holm: Num = None
+    a_significant: bool | None = None
+    b_difference: Num = None
+    b_ci_low: Num = None
+    b_ci_high: Num = None
+    b_p_holm: Num = None
+    b_significant: bool | None = None
+
+
+class ComparisonSummary(_Model):
+    """comparison.json: two runs side by side (schema version 1)."""
+
+    schema_version: Literal[1] = SUMMARY_SCHEMA_VERSION
+    kind: Literal["comparison"] = "comparison"
+    generated: str
+    tool: ToolInfo
+    run_a: Provenance
+    run_b: Provenance
+    n_boot: int
+    seed: int
+    min_group_size: int
+    rows: list[DiffRow] = []
+    disparities: list[DisparityPair] = []
+    headline: list[str] = []
+    limitations: list[str] = []
+
+
+def _confusions(pred: pd.DataFrame, key: pd.Series, classes: list[str]) -> dict[str, np.ndarray]:
+    """group -> confusion counts (C, C) [true, pred] over labelled rows."""
+    lab = pred["label"]
+    ok = lab.notna().to_numpy().copy()
+    idx = {c: i for i, c in enumerate(classes)}
+    y = np.array([idx.get(str(v), -1) for v in lab.where(lab.notna(), "")])
+    h = np.array([idx.get(str(v), -1) for v in pred["pred"]])
+    ok &= (y >= 0) & (h >= 0)
+    c = len(classes)
+    out = {}
+    for g in sorted(key[ok].unique()):
+        sel = ok & (key.to_numpy() == g)
+        out[str(g)] = np.bincount(y[sel] * c + h[sel], minlength=c * c).reshape(c, c).astype(float)
+    return out
+
+
+def _metric(cm: np.ndarray, metric: str) -> np.ndarray:
+    """``cm (..., C, C)`` -> metric (...)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        n = cm.sum((-1, -2))
+        tp = np.diagonal(cm, axis1=-2, axis2=-1)
+        if metric == "accuracy":
+            return tp.sum(-1) / n
+        pos = cm.sum(-1)
+        rec = np.where(pos > 0, tp / np.where(pos > 0, pos, 1), np.nan)
+        return np.nanmean(rec, -1) if rec.shape[-1] else n * np.nan
+
+
+def _boot(cm: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Multinomial resamples of a confusion matrix: (n_boot, C, C)."""
+    n = int(cm.sum())
+    c = cm.shape[0]
+    if n == 0:
+        return np.zeros((n_boot, c, c))
+    return rng.multinomial(n, (cm / n).ravel(), size=n_boot).reshape(n_boot, c, c).astype(float)
+
+
+def _pct(x: np.ndarray) -> tuple[float | None, float | None]:
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return None, None
+    lo, hi = np.percentile(x, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _f(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def compare_runs(a: Run, b: Run, *, n_boot: int = 2000, seed: int = 0,
+                 metrics: Sequence[str] = COMPARE_METRICS) -> ComparisonSummary:
+    """Compare run B with run A (differences are B - A).
+
+    Args:
+        a: the "before" run.
+        b: the "after" run.
+        n_boot: bootstrap resamples per group and run.
+        seed: seed of the resampling.
+        metrics: metrics compared ("accuracy", "balanced_accuracy").
+
+    Raises:
+        RunError: a run has no predictions table or no labels, or the runs share no group column.
+    """
+    rng = np.random.default_rng(seed)
+    for r in (a, b):
+        if not r.has_table("predictions"):
+            raise RunError(f"run {r.path} has no predictions table; a comparison needs both runs' predictions")
+    pa, pb = a.table("predictions"), b.table("predictions")
+    if pa["label"].notna().sum() == 0 or pb["label"].notna().sum() == 0:
+        raise RunError("a comparison needs labelled predictions; run "
+                       f"{a.path if pa['label'].notna().sum() == 0 else b.path} has no labels")
+    cols = [c for c in a.group_columns if c in b.group_columns and c in pa.columns and c in pb.columns]
+    if not cols:
+        raise RunError(f"runs {a.path} and {b.path} share no group column ({a.group_columns} vs {b.group_columns})")
+    classes = sorted(set(pa["label"].dropna().astype(str)) | set(pb["label"].dropna().astype(str))
+                     | set(pa["pred"].astype(str)) | set(pb["pred"].astype(str)))
+    prov_a, prov_b = _provenance(a), _provenance(b)
+    min_size = max(prov_a.min_group_size, prov_b.min_group_size, 1) or DEFAULT_MIN_GROUP_SIZE
+    rows: list[DiffRow] = []
+    attrs: list[tuple[str, ...]] = [(c,) for c in cols] + list(itertools.combinations(cols, 2))
+    for attr in attrs:
+        name = INTERSECTION_SEP.join(attr)
+
+        def key(df: pd.DataFrame, attr: tuple[str, ...] = attr) -> pd.Series:
+            return df[list(attr)].astype(str).agg(INTERSECTION_SEP.join, axis=1) if len(attr) > 1 \
+                else df[attr[0]].astype(str)
+
+        ca, cb = _confusions(pa, key(pa), classes), _confusions(pb, key(pb), classes)
+        groups = sorted(set(ca) & set(cb))
+        ba = {g: _boot(ca[g], n_boot, rng) for g in groups}
+        bb = {g: _boot(cb[g], n_boot, rng) for g in groups}
+        for metric in metrics:
+            pooled_a, pooled_b, pa_pt, pb_pt = [], [], [], []
+            for g in groups:
+                na, nb = int(ca[g].sum()), int(cb[g].sum())
+                va, vb = float(_metric(ca[g], metric)), float(_metric(cb[g], metric))
+                sa, sb = _metric(ba[g], metric), _metric(bb[g], metric)
+                small = min(na, nb) < min_size
+                alo, ahi = _pct(sa)
+                blo, bhi = _pct(sb)
+                dlo, dhi = _pct(sb - sa)
+                rows.append(DiffRow(kind="group", attribute=name, group=g, metric=metric, n_a=na, n_b=nb,
+                                    a=_f(va), a_ci_low=alo, a_ci_high=ahi, b=_f(vb), b_ci_low=blo, b_ci_high=bhi,
+                                    diff=_f(vb - va), diff_ci_low=dlo, diff_ci_high=dhi, small=small,
+                                    note=f"n < {min_size} in a run; not used for worst group / gap" if small else ""))
+                if not small:
+                    pooled_a.append(sa)
+                    pooled_b.append(sb)
+                    pa_pt.append(va)
+                    pb_pt.append(vb)
+            if len(pooled_a) >= 1:
+                sa, sb = np.stack(pooled_a, 1), np.stack(pooled_b, 1)  # (n_boot, k)
+                na_all = sum(int(ca[g].sum()) for g in groups)
+                nb_all = sum(int(cb[g].sum()) for g in groups)
+                for kind, fa, fb, pa_v, pb_v in [
+                    ("worst group", np.nanmin(sa, 1), np.nanmin(sb, 1), np.nanmin(pa_pt), np.nanmin(pb_pt)),
+                    ("max-min gap", np.ptp(sa, 1), np.ptp(sb, 1), np.ptp(pa_pt), np.ptp(pb_pt)),
+                ]:
+                    if kind == "max-min gap" and len(pooled_a) < 2:
+                        continue
+                    alo, ahi = _pct(fa)
+                    blo, bhi = _pct(fb)
+                    dlo, dhi = _pct(fb - fa)
+                    rows.append(DiffRow(kind=kind, attribute=name, group=f"({kind})", metric=metric, n_a=na_all,
+                                        n_b=nb_all, a=_f(pa_v), a_ci_low=alo, a_ci_high=ahi, b=_f(pb_v),
+                                        b_ci_low=blo, b_ci_high=bhi, diff=_f(pb_v - pa_v), diff_ci_low=dlo,
+                                        diff_ci_high=dhi, small=False,
+                                        note=f"over {len(pooled_a)} group(s) with n >= {min_size} in both runs"))
+    pairs: list[DisparityPair] = []
+    if a.has_table("disparities") or b.has_table("disparities"):
+        da = a.table("disparities") if a.has_table("disparities") else pd.DataFrame(columns=["attribute", "metric", "cls"])
+        db = b.table("disparities") if b.has_table("disparities") else pd.DataFrame(columns=["attribute", "metric", "cls"])
+        keys = list(dict.fromkeys([tuple(x) for x in da[["attribute", "metric", "cls"]].itertuples(index=False)]
+                                  + [tuple(x) for x in db[["attribute", "metric", "cls"]].itertuples(index=False)]))
+        for attr, metric, cls in keys:
+            if cls not in ("__all__", "__macro__"):
+                continue
+            rec: dict[str, object] = dict(attribute=str(attr), metric=str(metric), cls=str(cls))
+            for side, df in (("a", da), ("b", db)):
+                sel = df[(df.attribute == attr) & (df.metric == metric) & (df.cls == cls)]
+                if len(sel):
+                    r = sel.iloc[0]
+                    rec.update({f"{side}_difference": _f(float(r["difference"])),
+                                f"{side}_ci_low": _f(float(r["diff_ci_low"])),
+                                f"{side}_ci_high": _f(float(r["diff_ci_high"])),
+                                f"{side}_p_holm": _f(float(r["p_holm"])), f"{side}_significant": bool(r["significant"])})
+            pairs.append(DisparityPair.model_validate(rec))
+    s = ComparisonSummary(generated=utc_now(), tool=ToolInfo(version=_tool_version()), run_a=prov_a, run_b=prov_b,
+                          n_boot=n_boot, seed=seed, min_group_size=min_size, rows=rows, disparities=pairs)
+    s.headline = _headline(s)
+    s.limitations = _limitations(s)
+    return s
+
+
+def _headline(s: ComparisonSummary) -> list[str]:
+    out = []
+    for r in s.rows:
+        if r.kind == "group" or r.diff is None:
+            continue
+        if r.attribute not in s.run_a.group_columns:
+            continue
+        excl = r.diff_ci_low is not None and r.diff_ci_high is not None and (r.diff_ci_low > 0 or r.diff_ci_high < 0)
+        out.append(f"{r.metric} {r.kind} across {r.attribute}: {fmt(r.a)} -> {fmt(r.b)} (change {fmt(r.diff, 'diff')}, "
+                   f"95% interval {fmt_ci(r.diff_ci_low, r.diff_ci_high, 'diff')}; "
+                   + ("the interval excludes 0)" if excl else "the interval includes 0)"))
+    return out
+
+
+def _limitations(s: ComparisonSummary) -> list[str]:
+    out = []
+    if s.run_a.dataset_fingerprint != s.run_b.dataset_fingerprint:
+        out.append("The runs used different datasets (fingerprints "
+                   f"{s.run_a.dataset_fingerprint} and {s.run_b.dataset_fingerprint}): differences mix the change of "
+                   "model with the change of data.")
+    if s.run_a.fingerprint == s.run_b.fingerprint and s.run_a.fingerprint:
+        out.append("Both runs audited the same model (same fingerprint).")
+    small = sorted({f"{r.attribute}={r.group}" for r in s.rows if r.small})
+    if small:
+        out.append(f"{len(small)} group(s) below the minimum size {s.min_group_size} in at least one run are shown "
+                   f"but not used for worst-group values and gaps: {', '.join(small[:12])}"
+                   + (" ..." if len(small) > 12 else "") + ".")
+    out.append("Intervals of the differences come from independent resampling of the two runs; when both runs "
+               "used the same images the interval is conservative (the pairing is ignored).")
+    return out
+
+
+def write_comparison(a: Run, b: Run, out_dir: Path, formats: Sequence[str]) -> dict[str, Path]:
+    """Write comparison.html / .md / .pdf / .json into ``out_dir``."""
+    from audit.report.writer import _readable, _write_bytes, _write_text
+    from audit.viz.figures import comparison_plot, figure_to_png_bytes
+
+    s = compare_runs(a, b)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    sel = [r.model_dump() for r in s.rows if r.kind != "group" or not r.small]
+    png = figure_to_png_bytes(comparison_plot([r for r in sel if r["kind"] != "group"] or sel))
+    if "json" in formats:
+        write_json(out_dir / "comparison.json", s.model_dump(mode="json"))
+        out["json"] = _readable(out_dir / "comparison.json")
+    if "html" in formats:
+        from audit.report.html import b64, environment
+
+        html = environment().get_template("compare.html.j2").render(
+            s=s, figure=b64(png), css=(Path(__file__).parent / "templates" / "report.css").read_text("utf-8"))
+        _write_text(out_dir / "comparison.html", html)
+        out["html"] = out_dir / "comparison.html"
+    if "md" in formats:
+        from audit.report.markdown import MdSafe
+        from audit.report.markdown import environment as md_env
+
+        (out_dir / "figures").mkdir(exist_ok=True)
+        _write_bytes(out_dir / "figures" / "comparison.png", png)
+        md = md_env().get_template("compare.md.j2").render(s=s, figure=MdSafe("figures/comparison.png"))
+        _write_text(out_dir / "comparison.md", md)
+        out["md"] = out_dir / "comparison.md"
+    if "pdf" in formats:
+        with atomic_path(out_dir / "comparison.pdf") as tmp:
+            _render_pdf(s, tmp, png)
+        out["pdf"] = _readable(out_dir / "comparison.pdf")
+    return out
+
+
+def _render_pdf(s: ComparisonSummary, path: str | os.PathLike[str], png: bytes) -> None:
+    from reportlab.lib.pagesizes import A4, landscape
+    from reportlab.lib.units import cm
+    from reportlab.platypus import SimpleDocTemplate
+
+    from audit.report.pdf import P, _image, _styles, _table
+
+    st = _styles()
+    doc = SimpleDocTemplate(str(path), pagesize=landscape(A4), leftMargin=1.4 * cm, rightMargin=1.4 * cm,
+                            topMargin=1.4 * cm, bottomMargin=1.4 * cm, title="vision-audit comparison")
+    W, H = doc.width, doc.height
+    story = [P(f"Comparison: {s.run_a.model_name} (A) vs {s.run_b.model_name} (B)", st["title"]),
+             P(f"Generated {s.generated}; differences are B - A with {s.n_boot} bootstrap resamples per run and "
+               "group (each run resampled independently).", st["note"]),
+             P("Findings", st["h2"])]
+    story += [P(h, st["bullet"], bullet=True) for h in s.headline]
+    story.append(_image(png, W, H * 0.8))
+    story.append(P("Per group and metric", st["h2"]))
+    story.append(_table(st, ["kind", "attribute", "group", "metric", "n A", "n B", "A", "A interval", "B", "B interval",
+                             "B - A", "95% interval of B - A"],
+                        [(r.kind, r.attribute, r.group, r.metric, fmt(r.n_a, "int"), fmt(r.n_b, "int"), fmt(r.a),
+                          fmt_ci(r.a_ci_low, r.a_ci_high), fmt(r.b), fmt_ci(r.b_ci_low, r.b_ci_high),
+                          fmt(r.diff, "diff"), fmt_ci(r.diff_ci_low, r.diff_ci_high, "diff")) for r in s.rows],
+                        width=W, col_frac=[1, 1.4, 1.4, 1.3, 0.5, 0.5, 0.6, 1.1, 0.6, 1.1, 0.7, 1.3],
+                        shaded=[r.small for r in s.rows]))
+    story.append(P("Disparity tests side by side", st["h2"]))
+    story.append(_table(st, ["attribute", "metric", "A gap", "A interval", "A Holm p", "B gap", "B interval", "B Holm p"],
+                        [(d.attribute, d.metric, fmt(d.a_difference), fmt_ci(d.a_ci_low, d.a_ci_high),
+                          fmt(d.a_p_holm, "p"), fmt(d.b_difference), fmt_ci(d.b_ci_low, d.b_ci_high),
+                          fmt(d.b_p_holm, "p")) for d in s.disparities], width=W))
+    story.append(P("Limitations", st["h2"]))
+    story += [P(x, st["bullet"], bullet=True) for x in s.limitations]
+    doc.build(story)

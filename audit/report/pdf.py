@@ -1,0 +1,247 @@
+"""report.pdf with reportlab platypus: the report's sections, tables and figures.
+
+Data strings are XML-escaped before they reach a :class:`Paragraph` (which parses a small
+markup language); numbers come from the summary through :func:`~audit.report.summary.fmt`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+from xml.sax.saxutils import escape
+
+from audit.report.summary import AuditSummary, fmt, fmt_ci
+
+
+def _styles() -> dict[str, Any]:
+    from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+
+    ss = getSampleStyleSheet()
+    return {
+        "title": ss["Title"],
+        "h2": ParagraphStyle("h2", parent=ss["Heading2"], spaceBefore=10, spaceAfter=4),
+        "h3": ParagraphStyle("h3", parent=ss["Heading3"], spaceBefore=6, spaceAfter=3),
+        "body": ParagraphStyle("body", parent=ss["BodyText"], fontSize=9, leading=11.5),
+        "note": ParagraphStyle("note", parent=ss["BodyText"], fontSize=7.5, leading=9.5, textColor="#555555"),
+        "cell": ParagraphStyle("cell", parent=ss["BodyText"], fontSize=6.8, leading=8),
+        "cellb": ParagraphStyle("cellb", parent=ss["BodyText"], fontSize=6.8, leading=8, fontName="Helvetica-Bold"),
+        "bullet": ParagraphStyle("bullet", parent=ss["BodyText"], fontSize=9, leading=11.5, leftIndent=10,
+                                 bulletIndent=0),
+    }
+
+
+def P(text: Any, style: Any, *, bullet: bool = False) -> Any:
+    """A Paragraph of plain text (escaped: never interpreted as markup)."""
+    from reportlab.platypus import Paragraph
+
+    return Paragraph(escape("" if text is None else str(text)), style, bulletText="\u2022" if bullet else None)
+
+
+def _table(st: dict[str, Any], header: Sequence[str], rows: Sequence[Sequence[Any]], *, width: float,
+           col_frac: Sequence[float] | None = None, shaded: Sequence[bool] | None = None) -> Any:
+    from reportlab.lib import colors
+    from reportlab.platypus import Table, TableStyle
+
+    data = [[P(h, st["cellb"]) for h in header]] + [[P(c, st["cell"]) for c in r] for r in rows]
+    if col_frac is None:
+        col_frac = [1 / len(header)] * len(header)
+    tot = sum(col_frac)
+    t = Table(data, colWidths=[width * f / tot for f in col_frac], repeatRows=1)
+    style = [("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black), ("LINEBELOW", (0, 1), (-1, -1), 0.25, colors.grey),
+             ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#EEEEEE")), ("VALIGN", (0, 0), (-1, -1), "TOP"),
+             ("TOPPADDING", (0, 0), (-1, -1), 1.5), ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5)]
+    for i, sh in enumerate(shaded or []):
+        if sh:
+            style.append(("BACKGROUND", (0, i + 1), (-1, i + 1), colors.HexColor("#F6E7DE")))
+    t.setStyle(TableStyle(style))
+    t.spaceBefore, t.spaceAfter = 2, 9
+    return t
+
+
+def _image(png: bytes, max_w: float, max_h: float) -> Any:
+    from reportlab.lib.utils import ImageReader
+    from reportlab.platypus import Image
+
+    iw, ih = ImageReader(io.BytesIO(png)).getSize()
+    scale = min(max_w / iw, max_h / ih, 72 / 100)  # PNGs are rendered at ~100-110 dpi
+    return Image(io.BytesIO(png), width=iw * scale, height=ih * scale)
+
+
+def render_pdf(summary: AuditSummary, path: str | os.PathLike[str], *, figures: Mapping[str, bytes],
+               gallery_images: Sequence[bytes], perf_figures: Sequence[str]) -> None:
+    """Write report.pdf to ``path`` (A4, tables split across pages with repeated headers)."""
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.units import cm
+    from reportlab.platypus import KeepTogether, PageBreak, SimpleDocTemplate, Spacer
+
+    s = summary
+    st = _styles()
+    doc = SimpleDocTemplate(str(path), pagesize=A4, leftMargin=1.6 * cm, rightMargin=1.6 * cm, topMargin=1.5 * cm,
+                            bottomMargin=1.5 * cm, title=f"Audit report: {s.provenance.model_name}",
+                            author="vision-audit", subject="bias and interpretability audit")
+    W = doc.width
+    H = doc.height
+    story: list[Any] = [P(f"Audit report: {s.provenance.model_name}", st["title"]),
+                        P(f"Generated {s.generated} by vision-audit {s.tool.version}; audit.json schema version "
+                          f"{s.schema_version}; run {s.provenance.run_id}", st["note"])]
+
+    story.append(P("Findings", st["h2"]))
+    for h in s.headline or ["No group comparisons could be tested."]:
+        story.append(P(h, st["bullet"], bullet=True))
+    story.append(P(f"Gaps are max-min across groups with at least {s.provenance.min_group_size} images, tested "
+                   "against a permutation null; p-values are Holm-corrected over all tests of the run. A gap that is "
+                   "not significant is not evidence that groups are treated alike: read its interval.", st["note"]))
+
+    p = s.provenance
+    story.append(P("Model and data provenance", st["h2"]))
+    kv = [("Model spec", p.model_spec), ("Kind / family", f"{p.model_kind} / {p.model_family}"),
+          ("Checkpoint", p.checkpoint or "none (hub weights)"), ("Model fingerprint", p.fingerprint),
+          ("Classes", ", ".join(p.class_names)), ("Dataset manifest", p.dataset_manifest),
+          ("Dataset fingerprint", p.dataset_fingerprint),
+          ("Images", f"{fmt(p.n_used, 'int')} used of {fmt(p.n_rows, 'int')} rows ({fmt(p.n_skipped, 'int')} skipped)"),
+          ("Label / group columns", f"{p.label_column or 'none'} / {', '.join(p.group_columns)}"),
+          ("Explanation methods", ", ".join(p.methods) or "none"),
+          ("Device / dtype / backend", f"{p.device} / {p.dtype} / {p.backend}"),
+          ("Versions", ", ".join(f"{k} {v}" for k, v in p.versions.items()))]
+    story.append(_table(st, ["field", "value"], kv, width=W, col_frac=[1, 3]))
+
+    story.append(P("Dataset composition", st["h2"]))
+    story.append(P(f"Shaded rows are sparse (fewer than {p.min_group_size} images): shown, not compared.", st["note"]))
+    story.append(_table(st, ["attribute", "group", "n", "share", "labelled"],
+                        [(r.attribute, r.group, fmt(r.n, "int"), fmt(r.share, "share"), fmt(r.n_labelled, "int"))
+                         for r in s.composition], width=W, col_frac=[2, 2, 1, 1, 1],
+                        shaded=[r.sparse for r in s.composition]))
+
+    story.append(P("Performance by group", st["h2"]))
+    story.append(P("95% bootstrap intervals resampled within each group; n is the metric's denominator; shaded rows "
+                   "are below the minimum size and left out of the disparity tests.", st["note"]))
+    for name in perf_figures:
+        story.append(_image(figures[name], W, H * 0.45))
+    main = [r for _, r in s.performance_table(main=True)]
+    story.append(_table(st, ["attribute", "group", "metric", "value", "95% interval", "n"],
+                        [(r.attribute, r.group, r.metric, fmt(r.value), fmt_ci(r.ci_low, r.ci_high), fmt(r.n, "int"))
+                         for r in main], width=W, col_frac=[2, 2, 2, 1, 1.6, 0.8], shaded=[r.small for r in main]))
+
+    story.append(P("Disparity tests", st["h2"]))
+    if "forest" in figures:
+        story.append(_image(figures["forest"], W * 0.85, H * 0.5))
+    story.append(_table(
+        st, ["attribute", "metric", "class", "k", "highest", "lowest", "gap", "95% interval", "p", "Holm p", "result"],
+        [(d.attribute, d.metric, d.cls, fmt(d.k, "int"), f"{d.max_group} ({fmt(d.max_value)})",
+          f"{d.min_group} ({fmt(d.min_value)})", fmt(d.difference), fmt_ci(d.diff_ci_low, d.diff_ci_high),
+          fmt(d.p_value, "p"), fmt(d.p_holm, "p"),
+          ("not tested: " + d.note) if d.difference is None else
+          ("significant after Holm correction" if d.significant else "not significant after Holm correction"))
+         for d in s.disparities],
+        width=W, col_frac=[1.6, 1.5, 1, 0.4, 1.5, 1.5, 0.8, 1.5, 0.9, 0.9, 1.9]))
+
+    if s.embeddings:
+        e = s.embeddings
+        story.append(P("Embedding statistics", st["h2"]))
+        if "projection" in figures:
+            story.append(_image(figures["projection"], W * 0.7, H * 0.4))
+        story.append(P("Linear probe: can the group be read from the embedding?", st["h3"]))
+        story.append(_table(st, ["attribute", "k", "n", "balanced acc.", "95% interval", "AUC", "majority", "null p95",
+                                 "p"],
+                            [(r.attribute, fmt(r.k, "int"), fmt(r.n, "int"), fmt(r.balanced_accuracy),
+                              fmt_ci(r.bacc_ci_low, r.bacc_ci_high), fmt(r.auc), fmt(r.majority_rate),
+                              fmt(r.null_p95), fmt(r.p_value, "p")) for r in e.linear_probe], width=W))
+        story.append(P("Distances between groups", st["h3"]))
+        mmd = {(m.attribute, m.group_a, m.group_b): m for m in e.mmd}
+        story.append(_table(st, ["attribute", "group A", "group B", "n A", "n B", "cosine dist.", "MMD²",
+                                 "Holm p (dist.)", "Holm p (MMD²)"],
+                            [(r.attribute, r.group_a, r.group_b, fmt(r.n_a, "int"), fmt(r.n_b, "int"),
+                              fmt(r.cosine_distance),
+                              fmt(getattr(mmd.get((r.attribute, r.group_a, r.group_b)), "mmd2", None)),
+                              fmt(r.p_holm, "p"),
+                              fmt(getattr(mmd.get((r.attribute, r.group_a, r.group_b)), "p_holm", None), "p"))
+                             for r in e.distances], width=W))
+
+    if s.clip:
+        c = s.clip
+        story.append(P("CLIP: association, harmful labels and retrieval skew", st["h2"]))
+        if c.association:
+            story.append(P("Association tests (WEAT / image-EAT)", st["h3"]))
+            story.append(_table(st, ["test", "X", "Y", "A", "B", "n X", "n Y", "effect size d", "p"],
+                                [(r.test, r.X, r.Y, r.A, r.B, fmt(r.n_x, "int"), fmt(r.n_y, "int"),
+                                  fmt(r.effect_size, "effect"), fmt(r.p_value, "p")) for r in c.association], width=W))
+        if c.harmful_rates:
+            story.append(P("Harmful-label rates by group", st["h3"]))
+        if "harmful" in figures:
+            story.append(_image(figures["harmful"], W, H * 0.35))
+        if c.harmful_rates:
+            story.append(_table(st, ["attribute", "group", "n", "harmful-label rate", "95% interval"],
+                                [(r.attribute, r.group, fmt(r.n, "int"), fmt(r.rate), fmt_ci(r.ci_low, r.ci_high))
+                                 for r in c.harmful_rates], width=W, shaded=[r.small for r in c.harmful_rates]))
+        if c.harmful_disparities:
+            story.append(_table(st, ["attribute", "highest", "lowest", "gap", "95% interval", "Holm p", "result"],
+                                [(r.attribute, r.max_group, r.min_group, fmt(r.difference),
+                                  fmt_ci(r.diff_ci_low, r.diff_ci_high), fmt(r.p_holm, "p"),
+                                  "significant after Holm correction" if r.significant
+                                  else "not significant after Holm correction") for r in c.harmful_disparities],
+                                width=W))
+        if c.retrieval_skew:
+            story.append(P("Retrieval skew", st["h3"]))
+            story.append(_table(st, ["query", "attribute", "k", "group", "skew@k", "MaxSkew", "MinSkew", "NDKL"],
+                                [(r.query, r.attribute, fmt(r.k, "int"), r.group, fmt(r.skew, "effect"),
+                                  fmt(r.max_skew, "effect"), fmt(r.min_skew, "effect"), fmt(r.ndkl, "effect"))
+                                 for r in c.retrieval_skew], width=W, col_frac=[2.5, 1.3, 0.5, 1.2, 1, 1, 1, 1]))
+
+    story.append(PageBreak())
+    story.append(P("Explanation gallery", st["h2"]))
+    g = s.gallery
+    if g.items:
+        story.append(P(f"Errors of the worst group ({g.attribute} = {g.worst_group}: {g.reason}) beside correctly "
+                       "classified images. Maps are min-max scaled for display only. Deletion AUC: lower is more "
+                       "faithful; insertion AUC: higher is more faithful.", st["note"]))
+        for it, png in zip(g.items, gallery_images):
+            block = [P(f"{it.kind.upper()}: {it.image_id} ({it.attribute} = {it.group}), label {it.label or 'none'}, "
+                       f"predicted {it.pred} (p = {fmt(it.score)})", st["body"]), _image(png, W, H * 0.22)]
+            block.append(_table(st, ["method", "deletion AUC", "insertion AUC"],
+                                [(m.method, fmt(m.deletion_auc), fmt(m.insertion_auc)) for m in it.maps],
+                                width=W * 0.5))
+            story.append(KeepTogether(block))
+            story.append(Spacer(1, 6))
+    else:
+        story.append(P(f"No gallery: {g.reason or 'no explanation maps were stored'}.", st["body"]))
+
+    story.append(P("Faithfulness of the explanation methods", st["h2"]))
+    if s.faithfulness:
+        if "faithfulness" in figures:
+            story.append(_image(figures["faithfulness"], W, H * 0.35))
+        story.append(_table(st, ["method", "metric", "value", "95% interval", "n"],
+                            [(r.method, r.metric, fmt(r.value), fmt_ci(r.ci_low, r.ci_high), fmt(r.n, "int"))
+                             for r in s.faithfulness], width=W))
+    else:
+        story.append(P("No faithfulness results in this run.", st["body"]))
+
+    story.append(P("Sanity check (model randomisation)", st["h2"]))
+    if s.sanity:
+        if "sanity" in figures:
+            story.append(_image(figures["sanity"], W * 0.8, H * 0.35))
+        story.append(_table(st, ["method", "step", "blocks re-initialised", "Spearman", "95% interval", "n", "result"],
+                            [(r.method, fmt(r.step, "int"), r.randomized_blocks or "none (original)",
+                              fmt(r.spearman), fmt_ci(r.ci_low, r.ci_high), fmt(r.n, "int"),
+                              "fails: still similar" if r.flagged else "") for r in s.sanity],
+                            width=W, shaded=[r.flagged for r in s.sanity]))
+    else:
+        story.append(P("The sanity check was not run.", st["body"]))
+
+    story.append(P("Limitations", st["h2"]))
+    for x in s.limitations or ["None recorded."]:
+        story.append(P(x, st["bullet"], bullet=True))
+    story.append(Spacer(1, 8))
+    story.append(P("Per-class rates by group are in report.html and audit.json. Numbers in this report are those "
+                   f"of audit.json (schema version {s.schema_version}).", st["note"]))
+
+    def _footer(canvas: Any, doc_: Any) -> None:
+        canvas.saveState()
+        canvas.setFont("Helvetica", 7)
+        canvas.setFillGray(0.4)
+        canvas.drawString(doc_.leftMargin, 0.8 * cm, f"vision-audit report: {s.provenance.model_name}"[:120])
+        canvas.drawRightString(doc_.leftMargin + doc_.width, 0.8 * cm, f"page {doc_.page}")
+        canvas.restoreState()
+
+    doc.build(story, onFirstPage=_footer, onLaterPages=_footer)

@@ -1,0 +1,647 @@
+"""audit.json: the machine-readable summary of one run, and the single source of report numbers.
+
+Every number shown in report.html, report.md and report.pdf is read from an
+:class:`AuditSummary` and formatted by :func:`fmt`, so the HTML and audit.json always agree.
+The schema is defined with pydantic v2 (``AuditSummary.model_json_schema()``); its
+``schema_version`` changes whenever a field changes meaning.
+
+Example:
+    >>> from audit.runs import Run                                       # doctest: +SKIP
+    >>> s = build_summary(Run.open("runs/demo/vit-biased"))              # doctest: +SKIP
+    >>> s.headline[0]                                                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from audit.runs import Run, utc_now
+
+SUMMARY_SCHEMA_VERSION = 1
+DEFAULT_MIN_GROUP_SIZE = 50
+DEFAULT_ALPHA = 0.05
+INTERSECTION_SEP = "×"
+HEADLINE_METRICS = ("accuracy", "balanced_accuracy")
+
+Num = float | None
+NumKind = Literal["rate", "p", "int", "diff", "effect", "share"]
+
+
+# --------------------------------------------------------------------------- formatting
+def fmt(value: Any, kind: NumKind = "rate") -> str:
+    """Format one number for display; the only number formatter of the reports.
+
+    Args:
+        value: a number, or None/NaN (shown as "n/a").
+        kind: "rate" / "effect" / "share" (3 decimals), "diff" (signed, 3 decimals),
+            "p" (3 decimals, or 2 significant digits in scientific notation below 0.001),
+            "int" (integer).
+
+    Returns:
+        Text that ``float()`` parses back to the value within the shown precision
+        (except "n/a").
+
+    Example:
+        >>> fmt(0.12345), fmt(0.00012, "p"), fmt(-0.05, "diff"), fmt(None)
+        ('0.123', '1.2e-04', '-0.050', 'n/a')
+    """
+    if value is None:
+        return "n/a"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if not math.isfinite(v):
+        return "n/a"
+    if kind == "int":
+        return str(int(round(v)))
+    if kind == "p":
+        return f"{v:.3f}" if v >= 0.001 or v == 0 else f"{v:.1e}"
+    if kind == "diff":
+        return f"{v:+.3f}"
+    return f"{v:.3f}"
+
+
+def fmt_ci(low: Any, high: Any, kind: NumKind = "rate") -> str:
+    """An interval as "[low, high]" using :func:`fmt` for both ends."""
+    if low is None and high is None:
+        return "n/a"
+    return f"[{fmt(low, kind)}, {fmt(high, kind)}]"
+
+
+# --------------------------------------------------------------------------- schema
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ToolInfo(_Model):
+    name: str = "vision-audit"
+    version: str
+
+
+class Provenance(_Model):
+    run_id: str | None = None
+    run_created: str | None = None
+    run_finished: str | None = None
+    model_spec: str | None = None
+    model_name: str | None = None
+    model_family: str | None = None
+    model_kind: str = "classifier"
+    checkpoint: str | None = None
+    fingerprint: str | None = None
+    class_names: list[str] = []
+    dataset_manifest: str | None = None
+    dataset_fingerprint: str | None = None
+    n_rows: int | None = None
+    n_used: int | None = None
+    n_skipped: int = 0
+    label_column: str | None = None
+    group_columns: list[str] = []
+    has_masks: bool = False
+    device: str | None = None
+    dtype: str | None = None
+    backend: str | None = None
+    methods: list[str] = []
+    versions: dict[str, str] = {}
+    min_group_size: int = DEFAULT_MIN_GROUP_SIZE
+    alpha: float = DEFAULT_ALPHA
+
+
+class CompositionRow(_Model):
+    attribute: str
+    group: str
+    n: int
+    share: float
+    n_labelled: int
+    sparse: bool
+
+
+class PerformanceRow(_Model):
+    attribute: str
+    group: str
+    metric: str
+    cls: str
+    value: Num
+    ci_low: Num
+    ci_high: Num
+    n: int
+    n_rows: int
+    small: bool
+    note: str = ""
+
+
+class DisparityRow(_Model):
+    attribute: str
+    metric: str
+    cls: str
+    k: int
+    n_excluded: int
+    max_group: str
+    min_group: str
+    max_value: Num
+    min_value: Num
+    difference: Num
+    diff_ci_low: Num
+    diff_ci_high: Num
+    ratio: Num
+    ratio_ci_low: Num
+    ratio_ci_high: Num
+    p_value: Num
+    p_holm: Num
+    p_bh: Num
+    significant: bool
+    test: str
+    note: str = ""
+
+
+class EmbeddingGroupRow(_Model):
+    attribute: str
+    group: str
+    n: int
+    dispersion: Num
+    dispersion_ci_low: Num
+    dispersion_ci_high: Num
+
+
+class EmbeddingDistanceRow(_Model):
+    attribute: str
+    group_a: str
+    group_b: str
+    n_a: int
+    n_b: int
+    cosine_distance: Num
+    p_value: Num
+    p_holm: Num
+
+
+class LinearProbeRow(_Model):
+    attribute: str
+    k: int
+    n: int
+    balanced_accuracy: Num
+    bacc_ci_low: Num
+    bacc_ci_high: Num
+    auc: Num
+    majority_rate: Num
+    null_mean: Num
+    null_p95: Num
+    p_value: Num
+
+
+class MMDRow(_Model):
+    attribute: str
+    group_a: str
+    group_b: str
+    n_a: int
+    n_b: int
+    mmd2: Num
+    p_value: Num
+    p_holm: Num
+    estimator: str
+
+
+class EmbeddingStats(_Model):
+    groups: list[EmbeddingGroupRow] = []
+    distances: list[EmbeddingDistanceRow] = []
+    linear_probe: list[LinearProbeRow] = []
+    mmd: list[MMDRow] = []
+
+
+class AssociationRow(_Model):
+    test: str
+    attribute: str
+    X: str
+    Y: str
+    A: str
+    B: str
+    n_x: int
+    n_y: int
+    effect_size: Num
+    p_value: Num
+    n_perm: int
+    exact: bool
+
+
+class HarmfulRateRow(_Model):
+    attribute: str
+    group: str
+    n: int
+    rate: Num
+    ci_low: Num
+    ci_high: Num
+    small: bool
+
+
+class HarmfulDisparityRow(_Model):
+    attribute: str
+    k: int
+    difference: Num
+    diff_ci_low: Num
+    diff_ci_high: Num
+    max_group: str
+    min_group: str
+    p_value: Num
+    p_holm: Num
+    significant: bool
+    label_set: str
+
+
+class RetrievalSkewRow(_Model):
+    query: str
+    attribute: str
+    k: int
+    group: str
+    skew: Num
+    max_skew: Num
+    min_skew: Num
+    ndkl: Num
+    target: str
+
+
+class ClipStats(_Model):
+    association: list[AssociationRow] = []
+    harmful_rates: list[HarmfulRateRow] = []
+    harmful_disparities: list[HarmfulDisparityRow] = []
+    retrieval_skew: list[RetrievalSkewRow] = []
+
+
+class FaithfulnessRow(_Model):
+    method: str
+    metric: str
+    value: Num
+    ci_low: Num
+    ci_high: Num
+    n: int
+
+
+class SanityRow(_Model):
+    method: str
+    step: int
+    randomized_blocks: str
+    spearman: Num
+    ci_low: Num
+    ci_high: Num
+    n: int
+    flagged: bool
+
+
+class RegionMassRow(_Model):
+    method: str
+    attribute: str
+    group: str
+    n: int
+    value: Num
+    ci_low: Num
+    ci_high: Num
+    p_value: Num
+    small: bool
+
+
+class GalleryMap(_Model):
+    method: str
+    deletion_auc: Num = None
+    insertion_auc: Num = None
+
+
+class GalleryItem(_Model):
+    row_id: int
+    image_id: str
+    path: str
+    kind: Literal["error", "correct"]
+    attribute: str
+    group: str
+    label: str | None
+    pred: str
+    score: Num
+    maps: list[GalleryMap] = []
+
+
+class Gallery(_Model):
+    attribute: str | None = None
+    worst_group: str | None = None
+    reason: str = ""
+    items: list[GalleryItem] = []
+
+
+class AuditSummary(_Model):
+    """The content of audit.json (schema version 1)."""
+
+    schema_version: Literal[1] = SUMMARY_SCHEMA_VERSION
+    generated: str
+    tool: ToolInfo
+    provenance: Provenance
+    composition: list[CompositionRow] = []
+    performance: list[PerformanceRow] = []
+    disparities: list[DisparityRow] = []
+    embeddings: EmbeddingStats | None = None
+    clip: ClipStats | None = None
+    faithfulness: list[FaithfulnessRow] = []
+    sanity: list[SanityRow] = []
+    region_mass: list[RegionMassRow] = []
+    gallery: Gallery = Gallery()
+    limitations: list[str] = []
+    headline: list[str] = []
+    pipeline_headline: list[str] = []
+
+    def performance_table(self, *, main: bool = True) -> list[tuple[int, PerformanceRow]]:
+        """(index into ``performance``, row) for the main (multiclass-wide) or per-class rows."""
+        keep = ("__all__", "__macro__")
+        return [(i, r) for i, r in enumerate(self.performance) if (r.cls in keep) == main]
+
+    def methods_present(self) -> bool:
+        """Whether the run stored explanation maps."""
+        return bool(self.provenance.methods)
+
+
+# --------------------------------------------------------------------------- building
+def _clean(v: Any) -> Any:
+    if isinstance(v, (np.bool_,)):
+        return bool(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    if v is None:
+        return None
+    import pandas as pd
+
+    try:
+        if pd.isna(v):  # pandas NA / NaT
+            return None
+    except (TypeError, ValueError):  # array-like values are not scalars: keep them
+        pass
+    return v
+
+
+def _rows(run: Run, table: str, model: type[_Model]) -> list[Any]:
+    """Rows of ``table`` validated as ``model`` (only the documented columns are read)."""
+    if not run.has_table(table):
+        return []
+    fields = list(model.model_fields)
+    df = run.table(table)
+    missing = [f for f in fields if f not in df.columns and model.model_fields[f].is_required()]
+    if missing:
+        from audit.errors import RunError
+
+        raise RunError(f"run {run.path}: table {table!r} lacks the documented column(s) {', '.join(missing)}; "
+                       "the run was written by an incompatible version, run it again")
+    out = []
+    for rec in df[[f for f in fields if f in df.columns]].to_dict("records"):
+        clean = {k: _clean(v) for k, v in rec.items()}
+        for k, v in list(clean.items()):
+            ann = model.model_fields[k].annotation
+            if v is None and ann in (str,):
+                clean[k] = ""
+        out.append(model.model_validate(clean))
+    return out
+
+
+def _tool_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("vision-audit")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _min_group_size(run: Run) -> int:
+    stats = (run.meta.get("config") or {}).get("stats") or {}
+    return int(stats.get("min_group_size", DEFAULT_MIN_GROUP_SIZE))
+
+
+def _alpha(run: Run) -> float:
+    stats = (run.meta.get("config") or {}).get("stats") or {}
+    return float(stats.get("alpha", DEFAULT_ALPHA))
+
+
+def _provenance(run: Run) -> Provenance:
+    m, d = run.meta.get("model") or {}, run.meta.get("dataset") or {}
+    return Provenance(
+        run_id=run.meta.get("run_id"), run_created=run.meta.get("created"), run_finished=run.meta.get("finished"),
+        model_spec=m.get("spec"), model_name=run.name, model_family=m.get("family"),
+        model_kind=str(m.get("kind", "classifier")), checkpoint=m.get("checkpoint"), fingerprint=m.get("fingerprint"),
+        class_names=[str(c) for c in m.get("class_names") or []], dataset_manifest=d.get("manifest"),
+        dataset_fingerprint=d.get("fingerprint"), n_rows=d.get("n_rows"), n_used=d.get("n_used"),
+        n_skipped=len(run.meta.get("skipped") or []), label_column=d.get("label_column"),
+        group_columns=[str(g) for g in d.get("group_columns") or []], has_masks=bool(d.get("has_masks", False)),
+        device=run.meta.get("device"), dtype=run.meta.get("dtype"), backend=run.meta.get("backend"),
+        methods=run.methods, versions={str(k): str(v) for k, v in (run.meta.get("versions") or {}).items()},
+        min_group_size=_min_group_size(run), alpha=_alpha(run),
+    )
+
+
+def _composition(run: Run, min_size: int) -> list[CompositionRow]:
+    if not run.has_table("samples"):
+        return []
+    cols = [c for c in run.group_columns]
+    df = run.table("samples")
+    cols = [c for c in cols if c in df.columns]
+    if not cols:
+        return []
+    labelled = df["label"].notna() if "label" in df.columns else np.zeros(len(df), dtype=bool)
+    rows: list[CompositionRow] = []
+    attrs: list[tuple[str, ...]] = [(c,) for c in cols] + list(itertools.combinations(cols, 2))
+    total = len(df)
+    for attr in attrs:
+        key = df[list(attr)].astype(str).agg(INTERSECTION_SEP.join, axis=1) if len(attr) > 1 else df[attr[0]].astype(str)
+        counts = key.value_counts()
+        lab_counts = key[labelled].value_counts()
+        if len(attr) > 1:  # list every cell of the cross product, empty ones included
+            levels = [sorted(df[a].astype(str).unique()) for a in attr]
+            names = [INTERSECTION_SEP.join(t) for t in itertools.product(*levels)]
+        else:
+            names = sorted(counts.index)
+        for g in names:
+            n = int(counts.get(g, 0))
+            rows.append(CompositionRow(attribute=INTERSECTION_SEP.join(attr), group=str(g), n=n,
+                                       share=n / total if total else 0.0, n_labelled=int(lab_counts.get(g, 0)),
+                                       sparse=n < min_size))
+    return rows
+
+
+def _worst_group(summary_perf: list[PerformanceRow], disp: list[DisparityRow],
+                 group_columns: list[str]) -> tuple[str | None, str | None, str]:
+    single = [d for d in disp if d.metric == "accuracy" and d.attribute in group_columns and d.difference is not None]
+    if single:
+        best = sorted(single, key=lambda d: (not d.significant, -(d.difference or 0)))[0]
+        why = (f"lowest accuracy in the largest accuracy gap (across {best.attribute}; "
+               f"{'significant' if best.significant else 'not significant'} after Holm correction)")
+        return best.attribute, best.min_group, why
+    acc = [r for r in summary_perf if r.metric == "accuracy" and not r.small and r.value is not None
+           and INTERSECTION_SEP not in r.attribute]
+    if acc:
+        r = min(acc, key=lambda r: r.value)
+        return r.attribute, r.group, "group with the lowest accuracy (no disparity test available)"
+    return None, None, "no group accuracy available"
+
+
+def _gallery(run: Run, perf: list[PerformanceRow], disp: list[DisparityRow], group_columns: list[str],
+             *, n_errors: int = 3, n_correct: int = 3) -> Gallery:
+    import pandas as pd
+
+    attr, group, why = _worst_group(perf, disp, group_columns)
+    methods = run.methods
+    if attr is None or not methods or not run.has_table("predictions"):
+        return Gallery(attribute=attr, worst_group=group, reason=why if methods else "no explanation maps stored")
+    pred = run.table("predictions")
+    _, rows0 = run.maps(methods[0])
+    have = set(int(r) for r in rows0)
+    pred = pred[pred.row_id.isin(have)]
+    in_group = pred[attr].astype(str) == group
+    corr = pred["correct"].astype("boolean")  # nullable: unlabelled rows are neither errors nor correct
+    is_err, is_ok = corr.eq(False).fillna(False), corr.eq(True).fillna(False)
+    errors = pred[in_group & is_err].head(n_errors)
+    correct_same = pred[in_group & is_ok]
+    correct_other = pred[~in_group & is_ok]
+    correct = correct_same.head(n_correct)
+    if len(correct) < n_correct:
+        correct = pd.concat([correct, correct_other.head(n_correct - len(correct))])
+    faith = run.table("faithfulness") if run.has_table("faithfulness") else None
+    samples = run.table("samples").set_index("row_id")
+    items = []
+    for kind, df in (("error", errors), ("correct", correct)):
+        for rec in df.to_dict("records"):
+            rid = int(rec["row_id"])
+            maps = []
+            for m in methods:
+                da = ia = None
+                if faith is not None:
+                    f = faith[(faith.row_id == rid) & (faith.method == m)]
+                    if len(f):
+                        da, ia = _clean(f.deletion_auc.iloc[0]), _clean(f.insertion_auc.iloc[0])
+                maps.append(GalleryMap(method=m, deletion_auc=da, insertion_auc=ia))
+            items.append(GalleryItem(
+                row_id=rid, image_id=str(samples.loc[rid, "image_id"]) if "image_id" in samples.columns else str(rid),
+                path=str(samples.loc[rid, "path"]), kind=kind, attribute=attr, group=str(rec[attr]),
+                label=None if _clean(rec.get("label")) is None else str(rec["label"]), pred=str(rec["pred"]),
+                score=_clean(rec.get("score")), maps=maps))
+    return Gallery(attribute=attr, worst_group=group, reason=why, items=items)
+
+
+def _limitations(run: Run, s: AuditSummary) -> list[str]:
+    out: list[str] = []
+    p = s.provenance
+    ms = p.min_group_size
+    sparse = [c for c in s.composition if c.sparse]
+    if sparse:
+        shown = ", ".join(f"{c.attribute}={c.group} (n={c.n})" for c in sparse[:12])
+        more = f" and {len(sparse) - 12} more" if len(sparse) > 12 else ""
+        out.append(f"{len(sparse)} group(s) have fewer than {ms} images and were not compared or ranked: "
+                   f"{shown}{more}.")
+    small_cells = [r for r in s.performance if r.small and r.cls not in ("__all__", "__macro__")]
+    if small_cells:
+        out.append(f"{len(small_cells)} per-class rate(s) had fewer than {ms} cases in their denominator "
+                   "(positives for TPR/FNR, negatives for FPR, predicted positives for precision); "
+                   "they are shown with their intervals but left out of the disparity tests.")
+    untested = [d for d in s.disparities if d.p_value is None]
+    if untested:
+        out.append(f"{len(untested)} disparity test(s) could not be run because fewer than two groups reached "
+                   f"the minimum size of {ms}.")
+    if p.label_column is None:
+        out.append("The dataset has no label column: accuracy and the other label-based metrics were not measured.")
+    elif run.has_table("predictions"):
+        pred = run.table("predictions", columns=["label"])
+        n_missing = int(pred["label"].isna().sum())
+        if n_missing:
+            out.append(f"{n_missing} image(s) have no label; label-based metrics use the other "
+                       f"{len(pred) - n_missing} image(s).")
+    skipped = run.meta.get("skipped") or []
+    if skipped:
+        ex = skipped[0]
+        out.append(f"{len(skipped)} image(s) could not be used and were skipped, e.g. row {ex.get('row')} "
+                   f"({ex.get('path')}): {ex.get('reason')}.")
+    flagged = sorted({r.method for r in s.sanity if r.flagged})
+    for m in flagged:
+        worst = max((r for r in s.sanity if r.method == m and r.flagged), key=lambda r: r.step)
+        out.append(f"Method {m!s} failed the model-randomisation sanity check: its maps still correlate with the "
+                   f"original (Spearman {fmt(worst.spearman)}, interval {fmt_ci(worst.ci_low, worst.ci_high)}) after "
+                   f"re-initialising blocks {worst.randomized_blocks}; its maps may not reflect what the model "
+                   "learned.")
+    if s.region_mass and all(r.small for r in s.region_mass):
+        out.append(f"Explanation mass by group rests on fewer than {ms} explained images per group; "
+                   "read it as descriptive only.")
+    if not s.methods_present():
+        out.append("No explanation maps were stored: the explanation gallery and faithfulness checks are missing.")
+    if p.has_masks is False and s.methods_present():
+        out.append("The dataset has no object masks: pointing-game and mass-in-mask scores were not measured.")
+    if s.embeddings is None:
+        out.append("Embedding statistics were not computed (no embeddings table in the run).")
+    if s.clip is not None and s.clip.harmful_disparities:
+        out.append("Harmful-label rates depend on the label set used (" + s.clip.harmful_disparities[0].label_set
+                   + "); a different set can give different rates.")
+    out.extend(str(x) for x in run.meta.get("limitations") or [])
+    return out
+
+
+def _headline(s: AuditSummary) -> list[str]:
+    out = []
+    gc = s.provenance.group_columns
+    for d in s.disparities:
+        if d.metric not in HEADLINE_METRICS or d.attribute not in gc:
+            continue
+        if d.difference is None:
+            out.append(f"{d.metric} across {d.attribute}: not tested ({d.note or 'too few groups'}).")
+            continue
+        verdict = ("significant after Holm correction" if d.significant
+                   else "not significant after Holm correction")
+        out.append(f"{d.metric} gap across {d.attribute}: {fmt(d.difference)} "
+                   f"{fmt_ci(d.diff_ci_low, d.diff_ci_high)} between {d.max_group} ({fmt(d.max_value)}) and "
+                   f"{d.min_group} ({fmt(d.min_value)}); Holm p = {fmt(d.p_holm, 'p')}, {verdict}.")
+    if s.clip is not None:
+        for h in s.clip.harmful_disparities:
+            verdict = ("significant after Holm correction" if h.significant
+                       else "not significant after Holm correction")
+            out.append(f"harmful-label rate gap across {h.attribute}: {fmt(h.difference)} "
+                       f"{fmt_ci(h.diff_ci_low, h.diff_ci_high)} ({h.max_group} highest); Holm p = "
+                       f"{fmt(h.p_holm, 'p')}, {verdict}.")
+    flagged = sorted({r.method for r in s.sanity if r.flagged})
+    if flagged:
+        out.append(f"Explanation method(s) failing the randomisation sanity check: {', '.join(flagged)}.")
+    return out
+
+
+def build_summary(run: Run) -> AuditSummary:
+    """Collect everything the reports show from a finished run (no model is loaded).
+
+    Args:
+        run: an opened :class:`~audit.runs.Run`.
+
+    Returns:
+        The :class:`AuditSummary` written as audit.json.
+
+    Raises:
+        RunError: a table lacks a documented column.
+    """
+    prov = _provenance(run)
+    perf = _rows(run, "group_performance", PerformanceRow)
+    disp = _rows(run, "disparities", DisparityRow)
+    emb = None
+    if any(run.has_table(t) for t in ("embedding_groups", "embedding_distances", "linear_probe", "mmd")):
+        emb = EmbeddingStats(groups=_rows(run, "embedding_groups", EmbeddingGroupRow),
+                             distances=_rows(run, "embedding_distances", EmbeddingDistanceRow),
+                             linear_probe=_rows(run, "linear_probe", LinearProbeRow),
+                             mmd=_rows(run, "mmd", MMDRow))
+    clip = None
+    if any(run.has_table(t) for t in ("association", "harmful_rates", "harmful_disparities", "retrieval_skew")):
+        clip = ClipStats(association=_rows(run, "association", AssociationRow),
+                         harmful_rates=_rows(run, "harmful_rates", HarmfulRateRow),
+                         harmful_disparities=_rows(run, "harmful_disparities", HarmfulDisparityRow),
+                         retrieval_skew=_rows(run, "retrieval_skew", RetrievalSkewRow))
+    s = AuditSummary(
+        generated=utc_now(), tool=ToolInfo(version=_tool_version()), provenance=prov,
+        composition=_composition(run, prov.min_group_size), performance=perf, disparities=disp,
+        embeddings=emb, clip=clip, faithfulness=_rows(run, "faithfulness_summary", FaithfulnessRow),
+        sanity=_rows(run, "sanity", SanityRow), region_mass=_rows(run, "region_mass", RegionMassRow),
+        gallery=_gallery(run, perf, disp, prov.group_columns),
+        pipeline_headline=[str(h) for h in run.meta.get("headline") or []],
+    )
+    s.limitations = _limitations(run, s)
+    s.headline = _headline(s)
+    return s

@@ -1,0 +1,210 @@
+"""write_report: one run -> report.html/.md/.pdf + audit.json; two runs -> a comparison report."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from audit.errors import UsageError
+from audit.report.summary import INTERSECTION_SEP, AuditSummary, build_summary, fmt
+from audit.runs import Run, atomic_path, write_json
+
+Format = Literal["html", "md", "pdf", "json"]
+FORMATS: tuple[str, ...] = ("html", "md", "pdf", "json")
+PERF_FIGURE_METRICS = (("accuracy", "__all__"), ("balanced_accuracy", "__macro__"))
+FOREST_METRICS = ("accuracy", "balanced_accuracy", "ece")
+
+
+def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise UsageError(f"unknown report format(s) {', '.join(map(repr, bad))}; choose from {', '.join(FORMATS)}")
+    return tuple(dict.fromkeys(formats))
+
+
+def load_image(run: Run, path: str) -> np.ndarray | None:
+    """The image at ``path`` (absolute, or relative to the dataset root) as ``(H, W, 3)`` uint8, or None."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_absolute():
+        root = (run.meta.get("dataset") or {}).get("root")
+        p = Path(root) / p if root else run.path / p
+    try:
+        with Image.open(p) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError):
+        return None
+
+
+def build_figures(summary: AuditSummary, run: Run) -> tuple[dict[str, bytes], list[str], list[bytes]]:
+    """All report figures as PNG bytes: ``(figures, names of the performance figures, gallery images)``."""
+    from audit.viz.figures import (
+        faithfulness_bars,
+        figure_to_png_bytes,
+        forest_plot,
+        interval_plot,
+        overlay_figure,
+        projection_scatter,
+        sanity_plot,
+    )
+
+    figs: dict[str, bytes] = {}
+    perf_names: list[str] = []
+    for metric, cls in PERF_FIGURE_METRICS:
+        rows = [r.model_dump() for r in summary.performance if r.metric == metric and r.cls == cls]
+        if rows:
+            figs[metric] = figure_to_png_bytes(interval_plot(rows, title=f"{metric} by group", xlabel=metric))
+            perf_names.append(metric)
+    forest = [d.model_dump() for d in summary.disparities if d.metric in FOREST_METRICS]
+    if forest:
+        figs["forest"] = figure_to_png_bytes(forest_plot(forest))
+    if summary.faithfulness:
+        figs["faithfulness"] = figure_to_png_bytes(faithfulness_bars([r.model_dump() for r in summary.faithfulness]))
+    if summary.sanity:
+        figs["sanity"] = figure_to_png_bytes(sanity_plot([r.model_dump() for r in summary.sanity]))
+    if run.has_table("projection") and summary.provenance.group_columns:
+        proj = run.table("projection")
+        hue = next((g for g in summary.provenance.group_columns if g in proj.columns), None)
+        if hue is not None:
+            figs["projection"] = figure_to_png_bytes(projection_scatter(proj, hue=hue))
+    if summary.clip is not None and summary.clip.harmful_rates:
+        rows = [r.model_dump() for r in summary.clip.harmful_rates]
+        figs["harmful"] = figure_to_png_bytes(interval_plot(rows, value="rate", title="harmful-label rate by group",
+                                                            xlabel="harmful-label rate"))
+    gallery: list[bytes] = []
+    for it in summary.gallery.items:
+        img = load_image(run, it.path)
+        if img is None:
+            img = np.full((64, 64, 3), 128, dtype=np.uint8)
+        maps, caps = {}, {}
+        for gm in it.maps:
+            m = run.map_for(gm.method, it.row_id)
+            if m is not None:
+                maps[gm.method] = np.asarray(m, dtype=np.float32)
+                caps[gm.method] = f"del {fmt(gm.deletion_auc)} / ins {fmt(gm.insertion_auc)}"
+        fig = overlay_figure(img, maps, captions=caps, show_maps=False,
+                             title=f"{it.kind}: label {it.label}, predicted {it.pred}")
+        gallery.append(figure_to_png_bytes(fig, dpi=100))
+    return figs, perf_names, gallery
+
+
+def _readable(path: Path) -> Path:
+    """Give a written report the usual permissions rw-r--r-- (temp files are created 0600)."""
+    os.chmod(path, 0o644)
+    return path
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    _readable(path)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    _readable(path)
+
+
+def write_single(run: Run, out_dir: Path, formats: Sequence[str], *, model_card: bool = False,
+                 model_card_base: str | os.PathLike[str] | None = None) -> dict[str, Path]:
+    """Write the reports of one run into ``out_dir``; see :func:`write_report`."""
+    summary = build_summary(run)
+    out: dict[str, Path] = {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if "json" in formats:
+        write_json(out_dir / "audit.json", summary.model_dump(mode="json"))
+        out["json"] = _readable(out_dir / "audit.json")
+    if {"html", "md", "pdf"} & set(formats):
+        figs, perf_names, gallery = build_figures(summary, run)
+        if "html" in formats:
+            from audit.report.html import render_html
+
+            _write_text(out_dir / "report.html", render_html(summary, figures=figs, gallery_images=gallery,
+                                                             perf_figures=perf_names))
+            out["html"] = out_dir / "report.html"
+        if "md" in formats:
+            from audit.report.markdown import render_markdown
+
+            fdir = out_dir / "figures"
+            fdir.mkdir(exist_ok=True)
+            files = {}
+            for name, data in figs.items():
+                _write_bytes(fdir / f"{name}.png", data)
+                files[name] = f"figures/{name}.png"
+            gfiles = []
+            for i, data in enumerate(gallery):
+                _write_bytes(fdir / f"gallery-{i:02d}.png", data)
+                gfiles.append(f"figures/gallery-{i:02d}.png")
+            _write_text(out_dir / "report.md", render_markdown(summary, figure_files=files, gallery_files=gfiles,
+                                                               perf_figures=perf_names))
+            out["md"] = out_dir / "report.md"
+        if "pdf" in formats:
+            from audit.report.pdf import render_pdf
+
+            with atomic_path(out_dir / "report.pdf") as tmp:
+                render_pdf(summary, tmp, figures=figs, gallery_images=gallery, perf_figures=perf_names)
+            out["pdf"] = _readable(out_dir / "report.pdf")
+    if model_card:
+        from audit.report.modelcard import write_model_card
+
+        out["model_card"] = write_model_card(summary, out_dir / "MODEL_CARD.md", base=model_card_base)
+    return out
+
+
+def write_report(
+    run_dirs: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+    *,
+    out_dir: str | os.PathLike[str] | None = None,
+    formats: Sequence[Format] = ("html", "md", "pdf", "json"),
+    model_card: bool = False,
+    model_card_base: str | os.PathLike[str] | None = None,
+) -> dict[str, Path]:
+    """Write the report of one run, or the comparison of two.
+
+    Args:
+        run_dirs: one run directory (report) or two (comparison: the second run is "B",
+            differences are B - A).
+        out_dir: where to write; default ``RUN/report`` for one run and
+            ``RUN_B/comparison`` for two.
+        formats: any of "html" (one self-contained file), "md" (with a figures/ folder),
+            "pdf", "json" (audit.json, or comparison.json for two runs).
+        model_card: also write MODEL_CARD.md (one run only).
+        model_card_base: an existing README.md / model card whose "Bias, Risks, and
+            Limitations" and "Evaluation" sections are replaced (the rest is kept).
+
+    Returns:
+        format -> written path ("html", "md", "pdf", "json", and "model_card").
+
+    Raises:
+        RunError: a run directory is missing, unfinished or damaged.
+        UsageError: wrong number of runs or an unknown format.
+
+    Example:
+        >>> write_report(["runs/demo/vit-biased"], formats=("html", "json"))   # doctest: +SKIP
+    """
+    if isinstance(run_dirs, (str, os.PathLike)):
+        run_dirs = [run_dirs]
+    dirs = [Path(d) for d in run_dirs]
+    fmts = _check_formats(formats)
+    if len(dirs) == 1:
+        run = Run.open(dirs[0])
+        out = Path(out_dir) if out_dir is not None else dirs[0] / "report"
+        return write_single(run, out, fmts, model_card=model_card, model_card_base=model_card_base)
+    if len(dirs) == 2:
+        if model_card:
+            raise UsageError("--model-card needs one run (it describes one model); got two runs to compare")
+        from audit.report.compare import write_comparison
+
+        a, b = Run.open(dirs[0]), Run.open(dirs[1])
+        out = Path(out_dir) if out_dir is not None else dirs[1] / "comparison"
+        return write_comparison(a, b, out, fmts)
+    raise UsageError(f"report takes one run (report) or two runs (comparison); got {len(dirs)}")
+
+
+__all__ = ["FORMATS", "INTERSECTION_SEP", "build_figures", "load_image", "write_report", "write_single"]

@@ -1,0 +1,365 @@
+"""Report and dashboard figures (matplotlib object-oriented API only; never pyplot state).
+
+Every function returns a :class:`matplotlib.figure.Figure` built without pyplot, so it is
+safe in a shared Streamlit process and in threads. Figures stay readable in greyscale:
+groups differ by marker shape, small groups are hollow, significant results are filled,
+and bars differ by hatching, not only by colour. Intervals are always drawn.
+
+Example:
+    >>> fig = interval_plot(run.table("group_performance").query("metric == 'accuracy'"))  # doctest: +SKIP
+    >>> png = figure_to_png_bytes(fig)                                                    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p"]
+HATCHES = ["", "///", "...", "xxx", "\\\\\\", "ooo", "---", "+++"]
+# Okabe-Ito palette (colour-blind safe); greyscale separation comes from markers/hatches
+COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+MAP_CMAP = "viridis"  # perceptually uniform, monotonic in lightness (reads in greyscale)
+
+
+def figure_to_png_bytes(fig: Figure, *, dpi: int = 110) -> bytes:
+    """Render ``fig`` to PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+    return buf.getvalue()
+
+
+def figure_to_svg(fig: Figure) -> str:
+    """Render ``fig`` to an SVG document string (no external references)."""
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight", facecolor="white")
+    return buf.getvalue()
+
+
+def _records(df: Any) -> list[dict[str, Any]]:
+    if hasattr(df, "to_dict"):
+        return list(df.to_dict("records"))
+    return [r.model_dump() if hasattr(r, "model_dump") else dict(r) for r in df]
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return v is not None and bool(np.isfinite(float(v)))
+    except (TypeError, ValueError):
+        return False
+
+
+def _empty(fig: Figure, text: str) -> Figure:
+    ax = fig.add_subplot()
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+    return fig
+
+
+def interval_plot(
+    rows: Any,
+    *,
+    value: str = "value",
+    low: str = "ci_low",
+    high: str = "ci_high",
+    title: str = "",
+    xlabel: str = "value (95% interval)",
+    xlim: tuple[float, float] | None = None,
+) -> Figure:
+    """Point and 95% interval per group, one panel per attribute.
+
+    Args:
+        rows: DataFrame (or list of records) with columns attribute, group, n, small and
+            ``value``/``low``/``high``, e.g. ``group_performance`` filtered to one metric
+            and class, or ``harmful_rates`` with ``value="rate"``.
+        title: figure title.
+        xlabel: label of the value axis.
+        xlim: value-axis limits (default: fitted to the intervals).
+
+    Groups below the minimum size are drawn hollow and labelled "(small)".
+    """
+    recs = _records(rows)
+    fig = Figure(figsize=(6.4, 1.6 + 0.28 * max(1, len(recs)) + 0.45 * len({r["attribute"] for r in recs})),
+                 layout="constrained")
+    if not recs:
+        return _empty(fig, "no groups to show")
+    attrs = list(dict.fromkeys(r["attribute"] for r in recs))
+    heights = [max(1, sum(r["attribute"] == a for r in recs)) for a in attrs]
+    axes = fig.subplots(len(attrs), 1, sharex=True, gridspec_kw={"height_ratios": heights}, squeeze=False)[:, 0]
+    for ai, (ax, attr) in enumerate(zip(axes, attrs)):
+        sub = [r for r in recs if r["attribute"] == attr]
+        for i, r in enumerate(sub):
+            y = len(sub) - 1 - i
+            small = bool(r.get("small", False))
+            colour = COLOURS[i % len(COLOURS)]
+            marker = MARKERS[i % len(MARKERS)]
+            if _finite(r.get(low)) and _finite(r.get(high)):
+                ax.plot([r[low], r[high]], [y, y], color=colour, lw=1.6, ls="--" if small else "-")
+                ax.plot([r[low]] * 2, [y - 0.15, y + 0.15], color=colour, lw=1.2)
+                ax.plot([r[high]] * 2, [y - 0.15, y + 0.15], color=colour, lw=1.2)
+            if _finite(r.get(value)):
+                ax.plot([r[value]], [y], marker=marker, ms=7, color=colour, mec=colour,
+                        mfc="white" if small else colour, mew=1.5, ls="none")
+        labels = [f"{r['group']} (n={int(r['n'])}{', small' if r.get('small') else ''})" for r in sub]
+        ax.set_yticks(range(len(sub))[::-1], labels=labels, fontsize=8)
+        ax.set_ylim(-0.7, len(sub) - 0.3)
+        ax.set_title(str(attr), fontsize=9, loc="left")
+        ax.grid(axis="x", color="0.85", lw=0.6)
+    if xlim is not None:
+        axes[0].set_xlim(*xlim)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    axes[-1].set_xlabel(f"{xlabel}\nfilled: n >= minimum size; hollow/dashed: below minimum size (not compared)",
+                        fontsize=8)
+    return fig
+
+
+def forest_plot(disparities: Any, *, title: str = "Disparities: max-min gap (95% interval)") -> Figure:
+    """Gap between the best and worst group per test, with its interval.
+
+    Filled circles are significant after Holm correction; hollow squares are not.
+
+    Args:
+        disparities: DataFrame/records with attribute, metric, cls, difference,
+            diff_ci_low, diff_ci_high, p_holm, significant.
+    """
+    recs = [r for r in _records(disparities) if _finite(r.get("difference"))]
+    fig = Figure(figsize=(6.4, 1.6 + 0.3 * max(1, len(recs))), layout="constrained")
+    if not recs:
+        return _empty(fig, "no disparity tests to show")
+    ax = fig.add_subplot()
+    labels = []
+    for i, r in enumerate(recs):
+        y = len(recs) - 1 - i
+        sig = bool(r.get("significant"))
+        cls = r.get("cls", "")
+        labels.append(f"{r['metric']}{'' if cls in ('__all__', '__macro__', '', None) else ' [' + str(cls) + ']'}"
+                      f" | {r['attribute']}")
+        if _finite(r.get("diff_ci_low")) and _finite(r.get("diff_ci_high")):
+            ax.plot([r["diff_ci_low"], r["diff_ci_high"]], [y, y], color="0.2", lw=1.5)
+        ax.plot([r["difference"]], [y], marker="o" if sig else "s", ms=7, color="#D55E00" if sig else "#0072B2",
+                mfc="#D55E00" if sig else "white", mew=1.5, ls="none")
+        if _finite(r.get("p_holm")):
+            from audit.report.summary import fmt
+
+            ax.annotate(f"Holm p={fmt(r['p_holm'], 'p')}", (1.01, y), xycoords=("axes fraction", "data"),
+                        fontsize=7, va="center")
+    ax.axvline(0, color="0.4", lw=0.8)
+    ax.set_yticks(range(len(recs))[::-1], labels=labels, fontsize=8)
+    ax.set_ylim(-0.7, len(recs) - 0.3)
+    ax.set_xlabel("max - min across groups", fontsize=9)
+    ax.grid(axis="x", color="0.85", lw=0.6)
+    ax.plot([], [], marker="o", color="#D55E00", ls="none", label="significant (Holm)")
+    ax.plot([], [], marker="s", color="#0072B2", mfc="white", ls="none", label="not significant (Holm)")
+    fig.legend(fontsize=7, loc="outside lower center", ncol=2, frameon=False)
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def faithfulness_bars(summary: Any, *, title: str = "Faithfulness (deletion lower is better, insertion higher)") -> Figure:
+    """Deletion and insertion AUC per method beside a random map's AUC, with intervals.
+
+    Args:
+        summary: ``faithfulness_summary`` rows (method, metric, value, ci_low, ci_high, n).
+    """
+    recs = _records(summary)
+    fig = Figure(figsize=(7.0, 3.0), layout="constrained")
+    methods = list(dict.fromkeys(r["method"] for r in recs))
+    if not methods:
+        return _empty(fig, "no faithfulness results")
+    axes = fig.subplots(1, 2, sharey=True)
+    look = {(r["method"], r["metric"]): r for r in recs}
+    for ax, (metric, rnd, name) in zip(axes, [("deletion_auc", "random_deletion_auc", "deletion AUC"),
+                                              ("insertion_auc", "random_insertion_auc", "insertion AUC")]):
+        x = np.arange(len(methods))
+        for j, (key, lab, hatch, colour) in enumerate([(metric, "method map", "", "#0072B2"),
+                                                       (rnd, "random map", "///", "white")]):
+            vals, lo, hi = [], [], []
+            for m in methods:
+                r = look.get((m, key), {})
+                v = r.get("value")
+                vals.append(v if _finite(v) else np.nan)
+                lo.append(v - r["ci_low"] if _finite(r.get("ci_low")) and _finite(v) else 0)
+                hi.append(r["ci_high"] - v if _finite(r.get("ci_high")) and _finite(v) else 0)
+            ax.bar(x + (j - 0.5) * 0.38, vals, width=0.36, color=colour, edgecolor="0.1", hatch=hatch, label=lab,
+                   yerr=[lo, hi], capsize=3, error_kw={"lw": 1})
+        ax.set_xticks(x, labels=methods, fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.grid(axis="y", color="0.85", lw=0.6)
+    axes[0].set_ylabel("AUC (95% interval)", fontsize=9)
+    axes[1].legend(fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def sanity_plot(sanity: Any, *, title: str = "Model-randomisation sanity check") -> Figure:
+    """Spearman correlation with the original map as blocks are re-initialised, per method."""
+    recs = _records(sanity)
+    fig = Figure(figsize=(6.0, 3.0), layout="constrained")
+    methods = list(dict.fromkeys(r["method"] for r in recs))
+    if not methods:
+        return _empty(fig, "no sanity-check results")
+    ax = fig.add_subplot()
+    for i, m in enumerate(methods):
+        sub = sorted((r for r in recs if r["method"] == m), key=lambda r: r["step"])
+        x = [r["step"] for r in sub]
+        y = [r["spearman"] for r in sub]
+        flagged = any(r["flagged"] for r in sub)
+        ax.plot(x, y, marker=MARKERS[i % len(MARKERS)], color=COLOURS[i % len(COLOURS)],
+                ls="--" if flagged else "-", label=f"{m}{' (flagged)' if flagged else ''}")
+        lo = [r["ci_low"] if _finite(r["ci_low"]) else np.nan for r in sub]
+        hi = [r["ci_high"] if _finite(r["ci_high"]) else np.nan for r in sub]
+        ax.fill_between(x, lo, hi, color=COLOURS[i % len(COLOURS)], alpha=0.15, lw=0)
+    ax.set_xlabel("blocks re-initialised (from the top)", fontsize=9)
+    ax.set_ylabel("Spearman vs original (95% interval)", fontsize=9)
+    ax.set_ylim(-0.1, 1.05)
+    ax.grid(color="0.85", lw=0.6)
+    ax.legend(fontsize=7, frameon=False)
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def upsample_map(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear upsampling of a patch-grid map ``(gh, gw)`` to ``size = (H, W)`` for display."""
+    from PIL import Image
+
+    arr = np.asarray(m, dtype=np.float32)
+    return np.asarray(Image.fromarray(arr, mode="F").resize((size[1], size[0]), Image.BILINEAR))
+
+
+def display_normalise(m: np.ndarray) -> np.ndarray:
+    """Min-max scale to [0, 1] for display only (raw maps stay unnormalised in the run)."""
+    m = np.asarray(m, dtype=np.float32)
+    lo, hi = float(np.nanmin(m)), float(np.nanmax(m))
+    return np.zeros_like(m) if hi - lo <= 0 else (m - lo) / (hi - lo)
+
+
+def overlay(image: np.ndarray, m: np.ndarray, *, alpha: float = 0.5) -> np.ndarray:
+    """RGB overlay ``(H, W, 3)`` float in [0, 1] of a map on an image (map display-normalised)."""
+    img = np.asarray(image, dtype=np.float32)
+    if img.max() > 1.0:
+        img = img / 255.0
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, -1)
+    heat = colormaps[MAP_CMAP](display_normalise(upsample_map(m, img.shape[:2])))[..., :3]
+    return (1 - alpha) * img[..., :3] + alpha * heat
+
+
+def overlay_figure(
+    image: np.ndarray,
+    maps: Mapping[str, np.ndarray],
+    *,
+    title: str = "",
+    captions: Mapping[str, str] | None = None,
+    show_maps: bool = True,
+) -> Figure:
+    """Image | (map | overlay) per method.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 or float image.
+        maps: method -> raw map ``(gh, gw)`` on the patch grid.
+        title: figure title.
+        captions: method -> extra caption line (e.g. "del 0.31 / ins 0.62").
+        show_maps: also show each map alone (else only the overlays).
+    """
+    captions = captions or {}
+    per = 2 if show_maps else 1
+    ncol = 1 + per * len(maps)
+    fig = Figure(figsize=(1.5 * ncol, 1.9), layout="constrained")
+    axes = fig.subplots(1, ncol, squeeze=False)[0]
+    axes[0].imshow(np.asarray(image))
+    axes[0].set_title("image", fontsize=7)
+    for i, (method, m) in enumerate(maps.items()):
+        raw = np.asarray(m, dtype=np.float32)
+        rng = f"raw [{np.nanmin(raw):.2g}, {np.nanmax(raw):.2g}]"
+        if show_maps:
+            ax = axes[1 + per * i]
+            ax.imshow(display_normalise(raw), cmap=MAP_CMAP, interpolation="nearest")
+            ax.set_title(f"{method}\n{rng}", fontsize=6)
+        ax = axes[1 + per * i + (1 if show_maps else 0)]
+        ax.imshow(overlay(image, raw))
+        cap = captions.get(method, "")
+        head = f"{method} overlay" if show_maps else f"{method} ({rng})"
+        ax.set_title(head + (f"\n{cap}" if cap else ""), fontsize=6)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=8)
+    return fig
+
+
+def projection_scatter(
+    projection: Any,
+    *,
+    hue: str,
+    title: str = "",
+    max_points: int = 3000,
+    seed: int = 0,
+) -> Figure:
+    """2-D embedding projection coloured and shaped by one group column; errors marked with a cross.
+
+    Args:
+        projection: the ``projection`` table (row_id, x, y, method, <group columns>, correct).
+        hue: the group column that sets colour and marker.
+        max_points: subsample above this many points (seeded).
+    """
+    import pandas as pd
+
+    df = projection if isinstance(projection, pd.DataFrame) else pd.DataFrame(_records(projection))
+    if len(df) > max_points:
+        df = df.sample(max_points, random_state=seed)
+    fig = Figure(figsize=(5.2, 4.2), layout="constrained")
+    if df.empty:
+        return _empty(fig, "no projection")
+    ax = fig.add_subplot()
+    for i, (g, sub) in enumerate(df.groupby(df[hue].astype(str), sort=True)):
+        ax.scatter(sub.x, sub.y, s=14, marker=MARKERS[i % len(MARKERS)], color=COLOURS[i % len(COLOURS)],
+                   alpha=0.7, label=f"{g} (n={len(sub)})", linewidths=0.3, edgecolors="0.2")
+    if "correct" in df.columns:
+        wrong = df[df.correct.astype("boolean").fillna(True) == False]
+        if len(wrong):
+            ax.scatter(wrong.x, wrong.y, s=28, marker="x", color="black", linewidths=0.8, label="error")
+    method = str(df["method"].iloc[0]) if "method" in df.columns else ""
+    ax.set_xlabel(f"{method} 1", fontsize=9)
+    ax.set_ylabel(f"{method} 2", fontsize=9)
+    ax.legend(fontsize=7, frameon=False, title=hue, title_fontsize=7)
+    ax.set_title(title or f"Embedding projection by {hue}", fontsize=10)
+    return fig
+
+
+def comparison_plot(rows: Sequence[Mapping[str, Any]], *, title: str = "Run B - run A (95% interval)") -> Figure:
+    """Difference between two runs per group and metric, with bootstrap intervals.
+
+    Args:
+        rows: records with attribute, group, metric, diff, diff_ci_low, diff_ci_high.
+    """
+    recs = [r for r in rows if _finite(r.get("diff"))]
+    fig = Figure(figsize=(6.4, 1.6 + 0.28 * max(1, len(recs))), layout="constrained")
+    if not recs:
+        return _empty(fig, "no differences to show")
+    ax = fig.add_subplot()
+    for i, r in enumerate(recs):
+        y = len(recs) - 1 - i
+        excl = _finite(r.get("diff_ci_low")) and _finite(r.get("diff_ci_high")) and (
+            r["diff_ci_low"] > 0 or r["diff_ci_high"] < 0)
+        if _finite(r.get("diff_ci_low")):
+            ax.plot([r["diff_ci_low"], r["diff_ci_high"]], [y, y], color="0.2", lw=1.4)
+        ax.plot([r["diff"]], [y], marker="o" if excl else "s", color="#D55E00" if excl else "#0072B2",
+                mfc="#D55E00" if excl else "white", ms=6, mew=1.4, ls="none")
+    ax.axvline(0, color="0.4", lw=0.8)
+    ax.set_yticks(range(len(recs))[::-1], labels=[f"{r['metric']} | {r['attribute']}={r['group']}" for r in recs],
+                  fontsize=7)
+    ax.set_ylim(-0.7, len(recs) - 0.3)
+    ax.set_xlabel("difference (B - A)", fontsize=9)
+    ax.grid(axis="x", color="0.85", lw=0.6)
+    ax.set_title(title, fontsize=10)
+    ax.plot([], [], marker="o", color="#D55E00", ls="none", label="interval excludes 0")
+    ax.plot([], [], marker="s", color="#0072B2", mfc="white", ls="none", label="interval includes 0")
+    fig.legend(fontsize=7, frameon=False, loc="outside lower center", ncol=2)
+    return fig
