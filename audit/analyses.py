@@ -86,7 +86,7 @@ def embedding_stats(ctx: Context) -> None:
             if meta[attr].nunique() < 2:
                 ctx.notes.append(f"Attribute {attr!r} has a single group: no probe or MMD test for it.")
                 continue
-            probes.append(linear_probe(emb, meta, attribute=attr, n_perm=min(st.n_perm, 200), seed=st.seed))
+            probes.append(linear_probe(emb, meta, attribute=attr, n_perm=min(st.n_perm, 1000), seed=st.seed))
             mmds.append(mmd_test(emb, meta, attribute=attr, n_perm=min(st.n_perm, 500), seed=st.seed))
         if probes:
             ctx.run.write_table("linear_probe", pd.concat(probes, ignore_index=True))

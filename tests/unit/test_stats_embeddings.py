@@ -107,3 +107,25 @@ def test_projection_and_errors():
         projection(x, meta, method="umap")
     with pytest.raises(UsageError, match="'nope' not found"):
         embedding_group_stats(x, groups, group_cols=["nope"])
+
+
+def test_ridge_probe_scores_equal_sklearn_ridge_classifier():
+    """The closed-form out-of-fold scores are scikit-learn's RidgeClassifier, fold by fold."""
+    from sklearn.linear_model import LogisticRegression, RidgeClassifier
+    from sklearn.model_selection import StratifiedKFold
+
+    from audit.stats.embeddings import _ridge_oof_scores
+
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=(150, 6))
+    y = (z[:, 0] + 0.5 * z[:, 1] + rng.normal(scale=0.8, size=150) > 0).astype(int) + (z[:, 2] > 1).astype(int)
+    k = 3
+    ours = _ridge_oof_scores(z, y[None, :], k, cv=5, seed=3, ridge=2.0)[0]
+    sk_pred = np.empty(150, dtype=int)
+    lr_pred = np.empty(150, dtype=int)
+    for tr, te in StratifiedKFold(n_splits=5, shuffle=True, random_state=3).split(z, y):
+        sk_pred[te] = RidgeClassifier(alpha=2.0).fit(z[tr], y[tr]).predict(z[te])
+        lr_pred[te] = LogisticRegression(max_iter=500).fit(z[tr], y[tr]).predict(z[te])
+    np.testing.assert_array_equal(ours.argmax(1), sk_pred)
+    # ridge and logistic probes answer the same question: they agree on most predictions
+    assert (sk_pred == lr_pred).mean() > 0.85
