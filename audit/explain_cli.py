@@ -1,7 +1,8 @@
 """``vision-audit explain``: explain image files with several methods into one PNG grid.
 
 One row per image, one column per method (after the image itself); each map is
-titled with its deletion AUC (lower = more faithful) and the AUC of a random map.
+titled with its deletion AUC (lower = more faithful) and the AUC of a random map. A CLIP
+prompt target has no class probability, so its maps carry no deletion AUC.
 """
 
 from __future__ import annotations
@@ -66,10 +67,13 @@ def explain_images(
     bar = tqdm(total=len(methods), desc="explain", unit="method", file=sys.stderr, disable=not sys.stderr.isatty())
     for m in methods:
         e = explain(adapter, x, method=m, target=tgt)
-        rnd = random_map_like(e.grid_maps, seed=0)
-        faith = deletion_insertion(adapter, x, e.grid_maps, target=tgt, steps=steps)
-        base = deletion_insertion(adapter, x, rnd, target=tgt, steps=steps)
-        results[m] = (e, faith["deletion_auc"], base["deletion_auc"])
+        if prompt is None:
+            rnd = random_map_like(e.grid_maps, seed=0)
+            faith = deletion_insertion(adapter, x, e.grid_maps, target=tgt, steps=steps, mode="deletion")
+            base = deletion_insertion(adapter, x, rnd, target=tgt, steps=steps, mode="deletion")
+            results[m] = (e, faith.deletion_auc, base.deletion_auc)
+        else:  # a single prompt has no class probability: no deletion curve
+            results[m] = (e, None, None)
         bar.update(1)
     bar.close()
     fig = overlay_grid(pil, x, adapter, results)
@@ -95,7 +99,10 @@ def overlay_grid(pil, x, adapter, results):
             disp = e.normalized(at_input=True)[i].numpy()  # display only
             axes[i, j].imshow(shown[i])
             axes[i, j].imshow(disp, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
-            axes[i, j].set_title(f"{m}\ndel. AUC {float(dele[i]):.3f} (random {float(rnd[i]):.3f})", fontsize=7)
+            if dele is None:
+                axes[i, j].set_title(f"{m}\n(prompt: no deletion AUC)", fontsize=7)
+            else:
+                axes[i, j].set_title(f"{m}\ndel. AUC {float(dele[i]):.3f} (random {float(rnd[i]):.3f})", fontsize=7)
     for ax in np.ravel(axes):
         ax.set_axis_off()
     fig.tight_layout()
