@@ -644,6 +644,7 @@ def disparity_tests(
     seed: int = 0,
     ece_bins: int = 15,
     pairwise: bool = False,
+    max_perm: int = 100_000,
 ) -> pd.DataFrame:
     """Max-min gaps across groups with bootstrap intervals and permutation p-values (table ``disparities``).
 
@@ -655,7 +656,12 @@ def disparity_tests(
     are over every test in the returned table; ``significant`` is p_holm < alpha. With
     ``pairwise`` every pair of groups gets its own row (k = 2; max_group / min_group hold the pair).
 
-    Args: as :func:`group_performance`, plus ``n_perm`` and ``pairwise``.
+    A permutation p-value cannot go below 1 / (n_perm + 1), while Holm over m tests asks for
+    p < alpha / m; so tests whose first ``n_perm`` draws leave fewer than 10 exceedances get more
+    draws, in rounds, until 10 exceedances or ``max_perm`` draws (a sequential Monte Carlo
+    p-value in the spirit of Besag & Clifford 1991; the number of draws is in ``test``).
+
+    Args: as :func:`group_performance`, plus ``n_perm``, ``pairwise`` and ``max_perm``.
 
     Returns:
         DataFrame with columns :data:`DISPARITY_COLUMNS`.
@@ -678,6 +684,8 @@ def disparity_tests(
         for ok, keys in by_set.items():
             idx = np.array(ok, dtype=np.int64)
             perm = r.engine.permute(keys, idx, n_perm=n_perm, rng=rng) if len(idx) >= 2 and n_perm > 0 else None
+            extra = (_refine_pvalues(r, keys, idx, perm, n_perm=n_perm, max_perm=max_perm, rng=rng)
+                     if perm is not None and max_perm > n_perm else {})
             for key in keys:
                 base = {"attribute": r.attribute, "metric": key[0], "cls": _cls_name(prep, key[1]),
                         "n_excluded": len(r.names) - len(idx)}
@@ -687,8 +695,12 @@ def disparity_tests(
                     rows.append({**base, "k": len(idx), "test": test_name,
                                  "note": f"fewer than 2 groups with n >= min_group_size={min_group_size}"})
                     continue
-                rows.append({**base, **_gap_row(vals, boots, None if perm is None else perm[key],
-                                                [r.names[i] for i in idx], alpha), "test": test_name,
+                row = _gap_row(vals, boots, None if perm is None else perm[key], [r.names[i] for i in idx], alpha)
+                name = test_name
+                if key in extra:
+                    row["p_value"], used = extra[key]
+                    name = f"permutation max-min gap, {used} perms (sequential: extended while p was small)"
+                rows.append({**base, **row, "test": name,
                              "note": _excl_note(len(r.names) - len(idx), min_group_size)})
                 if pairwise:
                     for a, b in itertools.combinations(range(len(idx)), 2):
@@ -708,6 +720,39 @@ def disparity_tests(
     for c in ("max_group", "min_group", "test", "note"):
         out[c] = out[c].fillna("").astype(str)
     return out
+
+
+def _refine_pvalues(r, keys, idx: np.ndarray, perm: dict, *, n_perm: int, max_perm: int,
+                    rng: np.random.Generator, target_exceed: int = 10) -> dict:
+    """More permutation draws for keys with fewer than ``target_exceed`` exceedances.
+
+    Returns ``{key: (p, draws)}`` for the keys that were extended (others keep their p).
+    """
+    def gap(v: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmax(v, axis=1) - np.nanmin(v, axis=1)
+
+    obs: dict = {}
+    exceed: dict = {}
+    for key in keys:
+        vals = r.values[key][idx]
+        if np.isnan(vals).all():
+            continue
+        obs[key] = float(np.nanmax(vals) - np.nanmin(vals))
+        exceed[key] = int(np.sum(gap(perm[key]) >= obs[key] - 1e-12))
+    todo = [k for k in obs if exceed[k] < target_exceed]
+    draws = dict.fromkeys(todo, n_perm)
+    while todo:
+        m = min(max(n_perm, 10_000), max_perm - draws[todo[0]])
+        if m <= 0:
+            break
+        more = r.engine.permute(todo, idx, n_perm=m, rng=rng)
+        for key in todo:
+            exceed[key] += int(np.sum(gap(more[key]) >= obs[key] - 1e-12))
+            draws[key] += m
+        todo = [k for k in todo if exceed[k] < target_exceed]
+    return {k: ((1 + exceed[k]) / (1 + d), d) for k, d in draws.items() if d > n_perm}
 
 
 def _excl_note(n_excl: int, min_size: int) -> str:

@@ -1,0 +1,60 @@
+"""Explanation maps for ViT and CLIP: attention (raw, rollout, GAE), Grad-CAM, captum methods.
+
+Every method is registered in :data:`audit.registry.METHODS` with the signature
+``fn(adapter, images, *, target=None, **params) -> Tensor (B, gh, gw)``; :func:`explain` runs
+one and wraps the result in an :class:`Explanation`. Modules that register methods are imported
+lazily (on first use of the registry) so ``import audit`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from audit.registry import METHODS
+
+_METHOD_MODULES = (
+    "audit.explain.attention",
+    "audit.explain.gae",
+    "audit.explain.gradcam",
+    "audit.explain.captum_methods",
+)
+
+
+def _register_builtin() -> None:
+    for mod in _METHOD_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:  # a method module that is not part of this installation
+            if e.name != mod:
+                raise
+
+
+METHODS.add_loader(_register_builtin)
+
+_LAZY = {
+    "explain": "audit.explain.api",
+    "list_methods": "audit.explain.api",
+    "Explanation": "audit.explain.types",
+    "Target": "audit.explain.targets",
+    "ClassTarget": "audit.explain.targets",
+    "PromptTarget": "audit.explain.targets",
+    "ZeroShotTarget": "audit.explain.targets",
+    "EmbeddingDirectionTarget": "audit.explain.targets",
+    "clip_gae": "audit.explain.gae",
+    "deletion_insertion": "audit.explain.faithfulness",
+    "faithfulness_table": "audit.explain.faithfulness",
+    "chefer_perturbation": "audit.explain.faithfulness",
+    "pointing_game": "audit.explain.faithfulness",
+    "mass_in_mask": "audit.explain.faithfulness",
+    "random_map_like": "audit.explain.faithfulness",
+    "model_randomization": "audit.explain.sanity",
+}
+
+__all__ = sorted(_LAZY)  # noqa: PLE0605 (a list built from the lazy table)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'audit.explain' has no attribute {name!r}")
