@@ -165,8 +165,11 @@ def explanations(ctx: Context) -> None:
     x_all, masks_all = _load_batch(ctx, rows)
     pred_by_row = ctx.predictions.set_index("row_id")["pred_idx"]
     pred_idx = [int(pred_by_row.loc[r]) for r in rows]  # explain the predicted class
-    # pointing-game tolerance: 15 px at 224 px (Zhang et al.), scaled to the input size
-    tolerance = max(1, round(15 / 224 * min(x_all.shape[-2:])))
+    # pointing-game tolerance: 15 px at 224 px (Zhang et al. 2018) scaled to the input size, and at
+    # least half a patch: a patch-grid map locates its maximum only to within one patch
+    lay = ctx.adapter.token_layout(tuple(x_all.shape[-2:]))
+    half_patch = 0.5 * min(x_all.shape[-2] / lay.grid[0], x_all.shape[-1] / lay.grid[1])
+    tolerance = max(1, round(15 / 224 * min(x_all.shape[-2:])), round(half_patch))
     bs = max(1, min(ctx.config.run.batch_size, 16))
     faith_frames = []
     maps_by_method: dict[str, torch.Tensor] = {}
