@@ -1,0 +1,179 @@
+"""CLIP probe: stored zero-shot label distributions, harmful-label rates and retrieval skew; and the
+same computed live for label sets and queries you enter, from the stored image embeddings and the
+run's text tower."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from audit.errors import AuditError
+from audit.viz.figures import interval_plot
+from dashboards import cache
+from dashboards.ui import alpha, current_run, esc, min_group_size
+
+KINDS = ("class", "harmful", "group", "neutral")
+MAX_UPLOAD = 64 * 1024  # bytes: a label-set YAML is a few hundred bytes
+DEFAULT_LABELS = "circle\nsquare\ntriangle\ncross\ncriminal | harmful\nthief | harmful\nobject | neutral"
+
+path, run = current_run()
+st.title("CLIP probe")
+if run.kind != "clip":
+    st.info(f"This run audits a {esc(run.kind)}, not a CLIP model; the CLIP probe needs a CLIP run.")
+    st.stop()
+
+groups = run.group_columns
+a = alpha(run)
+min_n = min_group_size(run)
+
+
+def parse_label_lines(text: str) -> pd.DataFrame:
+    """Lines ``label`` or ``label | kind`` -> DataFrame(label, kind). Raises ValueError naming the line."""
+    rows: list[tuple[str, str]] = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        label, _, kind = (s.strip() for s in line.partition("|"))
+        kind = kind or "class"
+        if not label:
+            raise ValueError(f"line {i}: empty label")
+        if kind not in KINDS:
+            raise ValueError(f"line {i}: kind {kind!r} is not one of {', '.join(KINDS)}")
+        rows.append((label, kind))
+    if len(rows) < 2:
+        raise ValueError("give at least two labels, one per line")
+    if len({r[0] for r in rows}) != len(rows):
+        raise ValueError("labels must be distinct")
+    return pd.DataFrame(rows, columns=["label", "kind"])
+
+
+def read_uploaded_set(data: bytes, name: str) -> tuple[pd.DataFrame, str]:
+    """An uploaded label-set YAML -> (labels with prompts, set name), via audit.stats.sets."""
+    if len(data) > MAX_UPLOAD:
+        raise ValueError(f"{name} is {len(data):,} bytes; label-set files may be at most {MAX_UPLOAD:,} bytes")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{name} is not UTF-8 text") from e
+    from audit.stats.sets import load_set
+
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "label_set.yaml"
+        p.write_bytes(data)
+        ls = load_set(p)
+        return ls.labels_frame(), str(getattr(ls, "name", name))
+
+
+# -- stored results ------------------------------------------------------------------------------------
+st.subheader("Stored results")
+zs = cache.table(path, "zeroshot_labels")
+hr = cache.table(path, "harmful_rates")
+hd = cache.table(path, "harmful_disparities")
+rs = cache.table(path, "retrieval_skew")
+if all(t is None for t in (zs, hr, hd, rs)):
+    st.info("The run stores no CLIP probe tables.")
+if hd is not None and not hd.empty:
+    st.markdown("**Harmful-label gap tests** (max − min rate across groups, permutation test, Holm-corrected)")
+    st.dataframe(hd, hide_index=True, width="stretch", key="cp_hd")
+if hr is not None and not hr.empty:
+    attr = st.selectbox("attribute", list(dict.fromkeys(hr["attribute"])), key="cp_hr_attr")
+    c1, c2 = st.columns([3, 2])
+    c1.pyplot(interval_plot(hr[hr["attribute"] == attr], value="rate",
+                            xlabel="share of images whose top zero-shot label is harmful",
+                            title=f"harmful-label rate by {attr}"))
+    c2.dataframe(hr[hr["attribute"] == attr], hide_index=True, width="stretch", key="cp_hr")
+if zs is not None and not zs.empty:
+    with st.expander("Zero-shot label distribution by group (stored)"):
+        st.dataframe(zs, hide_index=True, width="stretch", key="cp_zs")
+if rs is not None and not rs.empty:
+    with st.expander("Retrieval skew (stored)"):
+        st.dataframe(rs, hide_index=True, width="stretch", key="cp_rs")
+
+# -- live ----------------------------------------------------------------------------------------------
+st.subheader("Probe with your own labels and queries")
+emb = cache.arrays(path, "embeddings")
+pred = cache.table(path, "predictions", columns=["row_id", *groups])
+if emb is None or pred is None:
+    st.info("Live probing needs the stored image embeddings and the predictions table.")
+    st.stop()
+live = st.toggle("Load the text tower to probe live", key="cp_live")
+if not live:
+    st.stop()
+lm = cache.live_model(path)
+if not lm.ok:
+    st.warning(f"The model cannot be loaded, so live probing is off: {esc(lm.error)}")
+    st.stop()
+
+meta = pred.set_index("row_id").loc[emb["row_id"].astype(int)].reset_index()  # aligned with embeddings
+image_emb = emb["image"].astype(np.float32)  # (N, D)
+templates = (run.meta.get("config") or {}).get("clip", {}).get("templates") or ["a photo of a {}."]
+
+with st.form("cp_form"):
+    st.markdown("Labels, one per line: `label` or `label | kind` (kind: class, harmful, group, neutral).")
+    text = st.text_area("label set", value=DEFAULT_LABELS, height=170, max_chars=4000, key="cp_labels")
+    upload = st.file_uploader("or upload a label-set YAML (≤ 64 KiB)", type=["yaml", "yml"], key="cp_upload")
+    template = st.text_input("prompt template ({} = label)", value=str(templates[0]), max_chars=200, key="cp_tpl")
+    queries_text = st.text_area("retrieval queries, one per line", value="a photo of a criminal\na photo of a shape",
+                                height=80, max_chars=2000, key="cp_queries")
+    k = st.number_input("k for retrieval skew", min_value=1, max_value=len(image_emb), value=min(50, len(image_emb)),
+                        key="cp_k")
+    st.form_submit_button("Compute")
+
+try:
+    if template.count("{}") != 1:
+        raise ValueError("the prompt template needs exactly one {}")
+    if upload is not None:
+        labels, set_name = read_uploaded_set(upload.getvalue(), upload.name)
+    else:
+        labels, set_name = parse_label_lines(text), "entered"
+        labels["prompt"] = [template.format(x) for x in labels["label"]]
+    queries = [q.strip() for q in queries_text.splitlines() if q.strip()]
+except (ValueError, AuditError, ImportError) as e:
+    st.error(f"Cannot use this input: {esc(e)}")
+    st.stop()
+
+try:
+    from audit.stats import harmful_label_rates, retrieval_skew, zeroshot_label_distribution
+
+    text_emb = cache.text_embeddings(path, labels["prompt"].tolist())  # (L, D)
+    if text_emb.shape[1] != image_emb.shape[1]:
+        raise ValueError(f"the text tower gives {text_emb.shape[1]}-d embeddings but the stored image embeddings "
+                         f"are {image_emb.shape[1]}-d; the run was made with another model")
+    dist = zeroshot_label_distribution(image_emb, text_emb, labels[["label", "kind"]], meta, group_cols=groups)
+except (ValueError, AuditError) as e:
+    st.error(f"Cannot probe: {esc(e)}")
+    st.stop()
+
+attr = st.selectbox("attribute", groups, key="cp_live_attr")
+d = dist[dist["attribute"] == attr]
+share = d.pivot(index="group", columns="label", values="share")[labels["label"].tolist()]
+st.markdown(f"**Zero-shot top-label share by {esc(attr)}** (label set: {esc(set_name)})")
+st.dataframe(share, width="stretch", key="cp_live_share",
+             column_config={c: st.column_config.NumberColumn(format="%.3f") for c in share.columns})
+st.bar_chart(d, x="group", y="share", color="label", height=260)
+with st.expander("with 95% intervals"):
+    st.dataframe(d, hide_index=True, width="stretch", key="cp_live_dist")
+
+if (labels["kind"] == "harmful").any():
+    rates, gaps = harmful_label_rates(image_emb, text_emb, labels[["label", "kind"]], meta, group_cols=groups,
+                                      label_set=set_name, min_group_size=min_n, alpha=a, n_boot=500, n_perm=500)
+    st.markdown("**Harmful-label rate by group and gap test**")
+    c1, c2 = st.columns([3, 2])
+    c1.pyplot(interval_plot(rates[rates["attribute"] == attr], value="rate", xlabel="harmful-label rate",
+                            title=f"by {attr}"))
+    c2.dataframe(gaps, hide_index=True, width="stretch", key="cp_live_gaps")
+
+if queries:
+    q_emb = cache.text_embeddings(path, queries)  # (Q, D)
+    unit = image_emb / np.linalg.norm(image_emb, axis=1, keepdims=True).clip(min=1e-12)
+    scores = q_emb @ unit.T  # (Q, N)
+    skew = retrieval_skew(scores, meta[attr].astype(str).to_numpy(), queries=queries, attribute=attr,
+                          ks=(int(k),), target="uniform")
+    st.markdown(f"**Retrieval skew at k = {int(k)} by {esc(attr)}** (log of the group's share in the top k over "
+                "its uniform share; NDKL over the whole ranking)")
+    st.dataframe(skew, hide_index=True, width="stretch", key="cp_live_skew")

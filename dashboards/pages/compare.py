@@ -1,0 +1,101 @@
+"""Compare: two runs side by side, per-group metrics and their differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from audit.errors import AuditError
+from dashboards import cache, state
+from dashboards.ui import esc, fmt_p, paired_interval_figure
+
+st.title("Compare runs")
+runs = state.startup().runs
+if len(runs) < 2:
+    st.info("Comparing needs two runs: start the dashboard with two run directories, e.g. "
+            "`vision-audit dashboard runs/demo/vit-biased runs/demo/vit-control`.")
+    st.stop()
+
+labels = [state.run_label(r) for r in runs]
+c1, c2 = st.columns(2)
+ia = c1.selectbox("run A", range(len(runs)), index=0, format_func=lambda i: labels[i], key="cmp_a")
+ib = c2.selectbox("run B", range(len(runs)), index=1, format_func=lambda i: labels[i], key="cmp_b")
+if ia == ib:
+    st.warning("Choose two different runs.")
+    st.stop()
+pa, pb = runs[ia], runs[ib]
+try:
+    ra, rb = cache.open_run(pa), cache.open_run(pb)
+except AuditError as e:
+    st.error(esc(e))
+    st.stop()
+
+info = pd.DataFrame({
+    "": ["model", "fingerprint", "dataset fingerprint", "images used", "methods"],
+    "A": [ra.name, ra.meta.get("model", {}).get("fingerprint"), ra.meta.get("dataset", {}).get("fingerprint"),
+          ra.meta.get("dataset", {}).get("n_used"), ", ".join(ra.methods)],
+    "B": [rb.name, rb.meta.get("model", {}).get("fingerprint"), rb.meta.get("dataset", {}).get("fingerprint"),
+          rb.meta.get("dataset", {}).get("n_used"), ", ".join(rb.methods)],
+}).astype(str)
+st.dataframe(info, hide_index=True, width="stretch", key="cmp_info")
+if ra.meta.get("dataset", {}).get("fingerprint") != rb.meta.get("dataset", {}).get("fingerprint"):
+    st.warning("The two runs used different datasets; differences mix model and data effects.")
+
+ga, gb = cache.table(pa, "group_performance"), cache.table(pb, "group_performance")
+if ga is None or gb is None:
+    st.error("Both runs need a group_performance table.")
+    st.stop()
+keys = ["attribute", "group", "metric", "cls"]
+both = ga.merge(gb, on=keys, suffixes=("_a", "_b"), how="inner")
+if both.empty:
+    st.error("The runs share no (attribute, group, metric, class) rows to compare.")
+    st.stop()
+
+attributes = list(dict.fromkeys(both["attribute"]))
+metrics = list(dict.fromkeys(both["metric"]))
+c1, c2, c3 = st.columns(3)
+attribute = c1.selectbox("attribute", attributes, key="cmp_attr")
+metric = c2.selectbox("metric", metrics, index=metrics.index("accuracy") if "accuracy" in metrics else 0,
+                      key="cmp_metric")
+classes = list(dict.fromkeys(both.loc[both["metric"] == metric, "cls"].astype(str)))
+cls = c3.selectbox("class", classes, key="cmp_cls")
+sel = both[(both["attribute"] == attribute) & (both["metric"] == metric) & (both["cls"].astype(str) == cls)]
+sel = sel.sort_values("group").reset_index(drop=True)
+table = pd.DataFrame({
+    "group": sel["group"],
+    "A": sel["value_a"], "A ci_low": sel["ci_low_a"], "A ci_high": sel["ci_high_a"], "A n": sel["n_a"],
+    "B": sel["value_b"], "B ci_low": sel["ci_low_b"], "B ci_high": sel["ci_high_b"], "B n": sel["n_b"],
+    "B − A": sel["value_b"] - sel["value_a"],
+    "small": sel["small_a"].fillna(False).astype(bool) | sel["small_b"].fillna(False).astype(bool),
+})
+long = pd.concat([
+    sel.assign(run="A", value=sel["value_a"], ci_low=sel["ci_low_a"], ci_high=sel["ci_high_a"], small=sel["small_a"]),
+    sel.assign(run="B", value=sel["value_b"], ci_low=sel["ci_low_b"], ci_high=sel["ci_high_b"], small=sel["small_b"]),
+])[["group", "run", "value", "ci_low", "ci_high", "small"]]
+left, right = st.columns([3, 2])
+left.pyplot(paired_interval_figure(long, series="run", xlabel=metric, title=f"{metric} by {attribute}: A vs B"))
+right.dataframe(table, hide_index=True, width="stretch", key="cmp_groups",
+                column_config={c: st.column_config.NumberColumn(format="%.4f")
+                               for c in ("A", "A ci_low", "A ci_high", "B", "B ci_low", "B ci_high", "B − A")})
+st.caption("Each run's intervals are its own 95% bootstrap intervals; the per-group difference B − A is a point "
+           "estimate (the runs' resamples are not paired).")
+
+da, db = cache.table(pa, "disparities"), cache.table(pb, "disparities")
+if da is not None and db is not None:
+    st.subheader("Disparity gaps")
+    kk = ["attribute", "metric", "cls"]
+    d = da.merge(db, on=kk, suffixes=("_a", "_b"), how="inner")
+    d = d[d["attribute"] == attribute]
+    out = pd.DataFrame({
+        "metric": d["metric"], "class": d["cls"],
+        "gap A": d["difference_a"], "p_holm A": d["p_holm_a"].map(fmt_p), "significant A": d["significant_a"],
+        "gap B": d["difference_b"], "p_holm B": d["p_holm_b"].map(fmt_p), "significant B": d["significant_b"],
+        "gap B − A": d["difference_b"] - d["difference_a"],
+    })
+    st.dataframe(out, hide_index=True, width="stretch", key="cmp_disp",
+                 column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ("gap A", "gap B", "gap B − A")})
+    acc = d[(d["metric"] == "accuracy")]
+    if not acc.empty and np.isfinite(acc["difference_a"].iloc[0]) and np.isfinite(acc["difference_b"].iloc[0]):
+        st.text(f"Accuracy gap across {attribute}: A {acc['difference_a'].iloc[0]:.4f}, "
+                f"B {acc['difference_b'].iloc[0]:.4f}")

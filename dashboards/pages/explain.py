@@ -1,0 +1,204 @@
+"""Explain: browse images by group, label, prediction and correctness; stored maps of every method
+side by side with their faithfulness scores; live per-layer/per-head attention, rollout from a
+chosen start layer and (CLIP) text-prompt maps when the model can be loaded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from audit.errors import AuditError
+from dashboards import cache, render
+from dashboards.ui import current_run, esc
+
+PER_PAGE = 12
+path, run = current_run()
+groups = run.group_columns
+methods = cache.methods(path)
+
+st.title("Explain")
+
+pred = cache.table(path, "predictions")
+if pred is None:
+    st.error("This run has no predictions table; nothing to browse.")
+    st.stop()
+
+# -- filters ------------------------------------------------------------------------------------
+with st.container(border=True):
+    mask = pd.Series(True, index=pred.index)
+    fcols = st.columns(len(groups) + 4)
+    for g, col in zip(groups, fcols):
+        chosen = col.multiselect(g, sorted(pred[g].dropna().astype(str).unique()), key=f"ex_f_{g}", placeholder="all")
+        if chosen:
+            mask &= pred[g].astype(str).isin(chosen)
+    k = len(groups)
+    for name, col in (("label", fcols[k]), ("pred", fcols[k + 1])):
+        if name in pred and pred[name].notna().any():
+            chosen = col.multiselect("prediction" if name == "pred" else name,
+                                     sorted(pred[name].dropna().astype(str).unique()), key=f"ex_f_{name}",
+                                     placeholder="all")
+            if chosen:
+                mask &= pred[name].astype(str).isin(chosen)
+    correctness = fcols[k + 2].selectbox("correct", ["all", "correct", "wrong"], key="ex_f_correct")
+    if correctness != "all" and "correct" in pred:
+        mask &= pred["correct"].fillna(correctness == "wrong").astype(bool) == (correctness == "correct")
+    only_maps = fcols[k + 3].checkbox("only images with stored maps", value=bool(methods), key="ex_f_maps",
+                                      disabled=not methods)
+    if only_maps and methods:
+        stored = set()
+        for m in methods:
+            stored |= set(cache.maps(path, m).index)
+        mask &= pred["row_id"].isin(stored)
+
+view = pred[mask].reset_index(drop=True)
+ids = view["row_id"].astype(int).tolist()
+st.caption(f"{len(ids):,} of {len(pred):,} images match")
+if not ids:
+    st.info("No image matches these filters.")
+    st.stop()
+
+# -- position (1-based) in the filtered list ---------------------------------------------------------
+pos = st.session_state.get("ex_pos", 1)
+if not isinstance(pos, int) or not 1 <= pos <= len(ids):
+    pos = 1
+st.session_state["ex_pos"] = pos
+
+
+def _go(to: int) -> None:
+    st.session_state["ex_pos"] = int(min(max(1, to), len(ids)))
+
+
+# -- thumbnail grid (one page around the current image) ------------------------------------------------
+with st.expander("Image grid", expanded=True):
+    page = (pos - 1) // PER_PAGE
+    n_pages = (len(ids) + PER_PAGE - 1) // PER_PAGE
+    pc1, pc2, pc3 = st.columns([1, 3, 1])
+    pc1.button("◀ page", key="ex_prev_page", on_click=_go, args=(page * PER_PAGE - PER_PAGE + 1,),
+               disabled=page == 0)
+    pc2.caption(f"page {page + 1} of {n_pages}")
+    pc3.button("page ▶", key="ex_next_page", on_click=_go, args=(page * PER_PAGE + PER_PAGE + 1,),
+               disabled=page >= n_pages - 1)
+    tcols = st.columns(PER_PAGE // 2)
+    for j, i in enumerate(range(page * PER_PAGE, min(len(ids), (page + 1) * PER_PAGE))):
+        r = view.iloc[i]
+        with tcols[j % len(tcols)]:
+            png, _problem = cache.thumbnail(path, int(r["row_id"]))
+            mark = "✓" if r.get("correct") is True or r.get("correct") == 1 else ("✗" if pd.notna(r.get("correct")) else "")
+            st.image(png, caption=f"#{int(r['row_id'])} {r.get('pred', '')} {mark}")
+            st.button("show", key=f"ex_show_{i}", on_click=_go, args=(i + 1,), type="primary" if i + 1 == pos else "secondary")
+
+# -- the selected image -----------------------------------------------------------------------------------
+nc1, nc2, nc3, nc4 = st.columns([1, 1, 2, 2])
+nc1.button("◀ previous", key="ex_prev", on_click=_go, args=(pos - 1,), disabled=pos <= 1)
+nc2.button("next ▶", key="ex_next", on_click=_go, args=(pos + 1,), disabled=pos >= len(ids))
+nc3.number_input("image (position in the filtered list)", min_value=1, max_value=len(ids), key="ex_pos")
+scale = nc4.radio("map colour scale", ["image", "run"], horizontal=True, key="ex_scale",
+                  format_func=lambda s: {"image": "per image (min–max)", "run": "per method, run-wide"}[s],
+                  help="Maps are stored raw. 'per image' stretches each map to its own range; 'run-wide' "
+                       "uses one range per method (1st–99th percentile of all stored maps), so images and "
+                       "groups can be compared.")
+pos = int(st.session_state["ex_pos"])
+row = view.iloc[pos - 1]
+row_id = int(row["row_id"])
+
+st.subheader(f"Image #{row_id}")
+info_cols = [c for c in ["row_id", "label", "pred", "score", "label_score", "correct", *groups] if c in view]
+st.table(view.iloc[[pos - 1]][info_cols].set_index("row_id"))
+
+faith = cache.faithfulness_for(path, row_id)
+cols = st.columns(1 + max(1, len(methods)))
+with cols[0]:
+    png, problem = cache.thumbnail(path, row_id, size=cache.OVERLAY)
+    st.image(png, caption="image")
+    if problem:
+        st.warning(esc(problem))
+if not methods:
+    cols[1].info("No explanation maps are stored in this run.")
+for m, col in zip(methods, cols[1:]):
+    with col:
+        res = cache.overlay_png(path, row_id, m, scale=scale)
+        if res is None:
+            st.info(f"{esc(m)}: no stored map for this image")
+            continue
+        st.image(res[0], caption=m)
+        if not faith.empty and m in faith.index:
+            f = faith.loc[m]
+            st.text(f"deletion AUC {float(f['deletion_auc']):.3f} (random {float(f['random_deletion_auc']):.3f})\n"
+                    f"insertion AUC {float(f['insertion_auc']):.3f} (random {float(f['random_insertion_auc']):.3f})")
+        else:
+            st.caption("no faithfulness score stored")
+st.caption("Lower deletion AUC and higher insertion AUC mean a more faithful map; the random map's AUC is "
+           "the baseline.")
+
+summary = cache.table(path, "faithfulness_summary")
+if summary is not None and not summary.empty:
+    with st.expander("Faithfulness over all explained images"):
+        st.dataframe(summary, hide_index=True, width="stretch")
+
+# -- stored per-layer attention (optional files) ------------------------------------------------------------
+stored_layers = cache.layer_attention_files(path)
+if stored_layers:
+    with st.expander("Stored attention by layer and head"):
+        layer = st.select_slider("layer", options=stored_layers, key="ex_stored_layer")
+        store = cache.maps(path, f"attention_L{layer}")
+        i = store.index.get(row_id)
+        if i is None:
+            st.info("No stored attention for this image.")
+        else:
+            heads = store.maps[i].astype(np.float32)  # (H, gh, gw)
+            img = cache.load_image(path, row_id)
+            hc = st.columns(min(8, heads.shape[0]))
+            for h in range(heads.shape[0]):
+                hc[h % len(hc)].image(render.png_bytes(render.overlay(img, heads[h], size=96)), caption=f"head {h}")
+
+# -- live: attention per layer and head, rollout start layer, CLIP prompt ----------------------------------
+st.subheader("Live probing")
+live = st.toggle("Load the model to compute attention and prompt maps live", key="ex_live")
+if live:
+    lm = cache.live_model(path)
+    if not lm.ok:
+        st.warning(f"The model cannot be loaded, so live probing is off (stored results above are unaffected): "
+                   f"{esc(lm.error)}")
+    else:
+        n_blocks = len(lm.adapter.vision_blocks())
+        lc1, lc2, lc3 = st.columns(3)
+        start = lc1.slider("rollout start layer", 0, n_blocks - 1, 0, key="ex_start")
+        fusion = lc2.selectbox("head fusion", ["mean", "max", "min"], key="ex_fusion")
+        layer = lc3.slider("layer for per-head attention", 0, n_blocks - 1, n_blocks - 1, key="ex_layer")
+        try:
+            att, roll = cache.live_attention(path, row_id, start_layer=start, head_fusion=fusion)
+            img = cache.load_image(path, row_id)
+        except AuditError as e:
+            st.error(esc(e))
+        else:
+            st.image(render.png_bytes(render.overlay(img, roll, size=cache.OVERLAY)),
+                     caption=f"rollout from layer {start} ({fusion} over heads)")
+            st.markdown(f"**Layer {layer}: attention of the pooled token, per head**")
+            heads = att[layer]  # (H, gh, gw)
+            hc = st.columns(min(8, heads.shape[0]))
+            for h in range(heads.shape[0]):
+                hc[h % len(hc)].image(render.png_bytes(render.overlay(img, heads[h], size=96)), caption=f"head {h}")
+            st.markdown("**Mean over heads, per layer**")
+            lcols = st.columns(min(8, att.shape[0]))
+            for li in range(att.shape[0]):
+                lcols[li % len(lcols)].image(render.png_bytes(render.overlay(img, att[li].mean(0), size=96)),
+                                             caption=f"layer {li}")
+        if run.kind == "clip":
+            st.markdown("**Text prompt (CLIP)**")
+            prompt = st.text_input("prompt", value="a photo of a " + str(row.get("label") or "thing"),
+                                   max_chars=200, key="ex_prompt")
+            if prompt.strip():
+                try:
+                    pmap, words, rel = cache.live_prompt(path, row_id, prompt.strip())
+                    img = cache.load_image(path, row_id)
+                except AuditError as e:
+                    st.error(esc(e))
+                else:
+                    pc1, pc2 = st.columns([1, 2])
+                    pc1.image(render.png_bytes(render.overlay(img, pmap, size=cache.OVERLAY)),
+                              caption="image-side relevance (GAE)")
+                    tok = pd.DataFrame({"token": words, "relevance": rel})
+                    pc2.dataframe(tok, hide_index=True, width="stretch", key="ex_token_rel",
+                                  column_config={"relevance": st.column_config.ProgressColumn(
+                                      format="%.3f", min_value=0.0, max_value=1.0)})

@@ -1,0 +1,125 @@
+"""Overview: provenance, dataset composition by group, headline findings, policy verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from audit.errors import AuditError
+from dashboards import cache, state
+from dashboards.ui import current_run, esc
+
+path, run = current_run()
+meta = run.meta
+model = meta.get("model") or {}
+dataset = meta.get("dataset") or {}
+
+st.title("Overview")
+st.caption(f"Run {esc(state.run_label(path))} · status {esc(meta.get('status'))} · created {esc(meta.get('created'))}")
+
+# -- headline numbers ---------------------------------------------------------------------
+pred = cache.table(path, "predictions", columns=["row_id", "correct"])
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Images used", f"{int(dataset.get('n_used', len(pred) if pred is not None else 0)):,}")
+c2.metric("Images skipped", f"{len(meta.get('skipped') or []):,}")
+if pred is not None and pred["correct"].notna().any():
+    c3.metric("Accuracy", f"{pred['correct'].dropna().astype(bool).mean():.3f}")
+else:
+    c3.metric("Accuracy", "–")
+c4.metric("Stored explanation methods", f"{len(cache.methods(path))}")
+
+# -- headline findings ----------------------------------------------------------------------
+st.subheader("Headline findings")
+headline = meta.get("headline") or []
+if headline:
+    st.markdown("\n".join(f"- {esc(h)}" for h in headline))
+else:
+    st.info("The run records no headline findings.")
+if meta.get("limitations"):
+    with st.expander(f"Limitations ({len(meta['limitations'])})"):
+        st.markdown("\n".join(f"- {esc(x)}" for x in meta["limitations"]))
+
+# -- policy verdict -------------------------------------------------------------------------
+policy = state.startup().policy
+if policy:
+    st.subheader("Policy verdict")
+    try:
+        from audit.report.policy import evaluate, load_policy
+
+        verdict = evaluate(run, load_policy(policy))
+    except ImportError as e:
+        st.warning(f"The policy gate is not available in this installation ({esc(e)}).")
+    except AuditError as e:
+        st.error(f"The policy {esc(Path(policy).name)} cannot be applied: {esc(e)}")
+    else:
+        if verdict.passed:
+            st.success(f"PASS: the run meets every rule of {esc(Path(policy).name)}.")
+        else:
+            st.error(f"FAIL: the run breaks at least one rule of {esc(Path(policy).name)}.")
+        rows = verdict.rows
+        st.dataframe(rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows), hide_index=True,
+                     width="stretch")
+
+# -- dataset composition ----------------------------------------------------------------------
+st.subheader("Dataset composition by group")
+groups = run.group_columns
+samples = cache.table(path, "samples", columns=[c for c in ["row_id", "label", *groups]])
+if samples is None:
+    st.info("The run has no samples table.")
+else:
+    cols = st.columns(max(1, len(groups)))
+    for g, col in zip(groups, cols):
+        counts = samples[g].astype(str).value_counts().rename_axis(g).reset_index(name="n")
+        counts["share"] = counts["n"] / counts["n"].sum()
+        with col:
+            st.markdown(f"**{esc(g)}**")
+            st.table(counts.assign(share=counts["share"].round(3)).set_index(g))
+    if len(groups) >= 2:
+        with st.expander("Intersections"):
+            inter = samples.groupby(groups[:2]).size().unstack(fill_value=0)
+            st.table(inter)
+    if "label" in samples and samples["label"].notna().any():
+        with st.expander("Labels by group"):
+            g0 = groups[0] if groups else None
+            tab = (samples.groupby(["label", g0]).size().unstack(fill_value=0) if g0
+                   else samples["label"].value_counts().to_frame("n"))
+            st.table(tab)
+
+# -- provenance -------------------------------------------------------------------------------
+st.subheader("Provenance")
+prov = pd.DataFrame([
+    ("model spec", model.get("spec")),
+    ("model fingerprint", model.get("fingerprint")),
+    ("checkpoint", model.get("checkpoint")),
+    ("model kind", model.get("kind")),
+    ("blocks", model.get("n_blocks")),
+    ("classes", ", ".join(map(str, model.get("class_names") or []))),
+    ("manifest", dataset.get("manifest")),
+    ("dataset fingerprint", dataset.get("fingerprint")),
+    ("rows in manifest", dataset.get("n_rows")),
+    ("rows used", dataset.get("n_used")),
+    ("group columns", ", ".join(groups)),
+    ("methods", ", ".join(run.methods)),
+    ("device / dtype", f"{meta.get('device', '?')} / {meta.get('dtype', '?')}"),
+    ("backend", meta.get("backend")),
+    ("run id", meta.get("run_id")),
+    ("created", meta.get("created")),
+    ("finished", meta.get("finished")),
+], columns=["field", "value"])
+prov["value"] = prov["value"].map(lambda v: "" if v is None else str(v))
+st.table(prov.set_index("field"))
+c1, c2 = st.columns(2)
+with c1:
+    st.markdown("**Versions**")
+    st.table(pd.DataFrame(sorted((meta.get("versions") or {}).items()), columns=["package", "version"])
+             .set_index("package"))
+with c2:
+    st.markdown("**Timings (s)**")
+    st.table(pd.DataFrame(sorted((meta.get("timings") or {}).items()), columns=["stage", "seconds"])
+             .set_index("stage"))
+skipped = meta.get("skipped") or []
+if skipped:
+    with st.expander(f"Skipped images ({len(skipped)})"):
+        st.dataframe(pd.DataFrame(skipped), hide_index=True, width="stretch")

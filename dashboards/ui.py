@@ -1,0 +1,123 @@
+"""Helpers shared by the pages: the current run, safe text, interval figures, group filters.
+
+Strings from a run (labels, group names, file names, findings) are shown with ``st.text``,
+``st.dataframe`` or markdown with every ASCII punctuation character escaped (:func:`esc`); never
+as HTML.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from audit.errors import AuditError
+from audit.runs import Run
+from dashboards import cache, state
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: the first page draws none
+    from matplotlib.figure import Figure
+
+_ESCAPE = {ord(c): "\\" + c for c in string.punctuation}
+
+
+def esc(text: object) -> str:
+    """Escape ``text`` for ``st.markdown``: every ASCII punctuation character is backslash-escaped,
+    so data can never turn into links, emphasis, directives, LaTeX or HTML. Newlines become spaces."""
+    return str(text).replace("\r", " ").replace("\n", " ").translate(_ESCAPE)
+
+
+def current_run() -> tuple[str, Run]:
+    """``(path, run)`` chosen in the sidebar; stops the page with a message when none is usable."""
+    path = state.selected_run()
+    if path is None:
+        st.error("No run to show. Start with `vision-audit dashboard RUN_DIR`, or build the demo run "
+                 "with `vision-audit demo`.")
+        st.stop()
+    try:
+        return path, cache.open_run(path)
+    except AuditError as e:
+        st.error(f"This run cannot be opened: {esc(e)}")
+        st.stop()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def min_group_size(run: Run, default: int = 50) -> int:
+    """The run's minimum group size (``config.stats.min_group_size``)."""
+    stats = (run.meta.get("config") or {}).get("stats") or {}
+    try:
+        return int(stats.get("min_group_size", default))
+    except (TypeError, ValueError):
+        return default
+
+
+def alpha(run: Run, default: float = 0.05) -> float:
+    """The run's significance level (``config.stats.alpha``)."""
+    stats = (run.meta.get("config") or {}).get("stats") or {}
+    try:
+        return float(stats.get("alpha", default))
+    except (TypeError, ValueError):
+        return default
+
+
+def paired_interval_figure(df: pd.DataFrame, *, series: str, label: str = "group", value: str = "value",
+                           lo: str = "ci_low", hi: str = "ci_high", small: str = "small", title: str = "",
+                           xlabel: str = "") -> Figure:
+    """Point estimates with 95% intervals per ``label``, one offset row per ``series`` value (e.g. two
+    runs side by side); small groups hollow and grey. Single-series plots use
+    :func:`audit.viz.figures.interval_plot`."""
+    from matplotlib.figure import Figure
+
+    labels = list(dict.fromkeys(df[label].astype(str)))
+    series_vals = list(dict.fromkeys(df[series].astype(str)))
+    fig = Figure(figsize=(6.4, 0.42 * len(labels) + 1.2), layout="constrained")
+    ax = fig.add_subplot()
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    for si, sv in enumerate(series_vals):
+        sub = df[df[series].astype(str) == sv]
+        offs = (si - (len(series_vals) - 1) / 2) * 0.25
+        first = True
+        for r in sub.to_dict("records"):
+            y = labels.index(str(r[label])) + offs
+            v, a, b = float(r[value]), float(r[lo]), float(r[hi])
+            is_small = bool(r.get(small)) if pd.notna(r.get(small)) else False
+            col = "0.6" if is_small else colours[si % len(colours)]
+            if np.isfinite(a) and np.isfinite(b):
+                ax.plot([a, b], [y, y], color=col, lw=2)
+            ax.plot([v], [y], "o", color=col, mfc="white" if is_small else col, label=sv if first else None)
+            first = False
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlabel(f"{xlabel} (95% interval; hollow grey: below the minimum size)" if xlabel else "")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(loc="best", fontsize=8)
+    return fig
+
+
+def group_filter_widgets(df: pd.DataFrame, columns: Sequence[str], *, key: str) -> pd.Series:
+    """Multiselects (one per column, empty = all) in the current container; returns the row mask."""
+    mask = pd.Series(True, index=df.index)
+    cols = st.columns(max(1, len(columns)))
+    for c, col in zip(columns, cols):
+        values = sorted(df[c].dropna().astype(str).unique().tolist())
+        chosen = col.multiselect(c, values, key=f"{key}_{c}", placeholder="all")
+        if chosen:
+            mask &= df[c].astype(str).isin(chosen)
+    return mask
+
+
+def fmt_p(p: object) -> str:
+    """A p-value as text (``<0.001`` below one in a thousand)."""
+    try:
+        v = float(p)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "–"
+    if not np.isfinite(v):
+        return "–"
+    return "<0.001" if v < 0.001 else f"{v:.3f}"
