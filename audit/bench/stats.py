@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=512, help="embedding width (default 512)")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--n-perm", type=int, default=1000)
-    ap.add_argument("--probe-perm", type=int, default=20, help="linear-probe permutations (each is a CV refit)")
+    ap.add_argument("--probe-perm", type=int, default=200, help="linear-probe label permutations")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-embeddings", action="store_true")
     try:
