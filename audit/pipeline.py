@@ -12,8 +12,11 @@ Stages (each timed in run.json):
 6. ``clip``     zero-shot harms, association tests, retrieval skew (CLIP models only)
 7. ``finish``   headline findings, limitations, status "complete"
 
-The local backend runs shards in this process; ``run.backend: ray`` hands the
-forward shards to Ray Data (``audit.scale``). Results are equal either way.
+The local backend streams the rows through one DataLoader (workers decode ahead of the
+model; batches never straddle a shard) in this process; ``run.backend: ray`` hands the
+rows to Ray Data (``audit.scale``). Both feed the same shard writer, so resume,
+the cache (``run.cache_dir``, :mod:`audit.cache`) and consolidation are shared and the
+results are equal either way. Peak memory is one shard plus the final per-image arrays.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from audit.config import AuditConfig
-from audit.errors import AuditError, NumericsError, RunError, UsageError
+from audit.errors import NumericsError, RunError, UsageError
 from audit.runs import Run, read_arrays, write_arrays
 
 Progress = Callable[[str, int, int], None]
@@ -100,6 +102,7 @@ def resolve_device(name: str) -> str:
 
 
 def shard_ranges(n_rows: int, shard_size: int) -> list[tuple[int, int]]:
+    """Half-open ``(start, end)`` positions of each shard over ``n_rows`` manifest rows."""
     return [(s, min(s + shard_size, n_rows)) for s in range(0, n_rows, shard_size)]
 
 
@@ -108,12 +111,53 @@ def shard_path(run: Run, index: int) -> Path:
 
 
 def autocast_context(device: str, precision: str):
+    """``torch.autocast`` for bf16/fp16 forward passes; a no-op for fp32."""
     import torch
 
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype)
+
+
+def forward_batch(
+    classifier: Any, adapter: Any, x: Any, row_ids: Sequence[int], *, device: str = "cpu", precision: str = "fp32"
+) -> tuple[np.ndarray, np.ndarray]:
+    """One forward pass: ``x (B, 3, H, W)`` -> ``(probs (B, C), embeddings (B, D))`` float32 numpy.
+
+    The model runs under autocast for bf16/fp16; softmax and the outputs are float32.
+
+    Raises:
+        NumericsError: NaN/Inf in the outputs; names the row ids.
+    """
+    import torch
+
+    with torch.no_grad():
+        x = x.to(device, non_blocking=True)
+        with autocast_context(device, precision):
+            emb = adapter.encode_image(x)  # (B, D)
+            logits = classifier.logits(x)  # (B, C)
+        logits = logits.float()
+        emb = emb.float()
+        bad = ~(torch.isfinite(logits).all(dim=1) & torch.isfinite(emb).all(dim=1))  # (B,)
+        if bad.any():
+            ids = [int(r) for r, b in zip(row_ids, bad.tolist()) if b]
+            raise NumericsError(
+                f"non-finite model outputs (NaN/Inf) for row ids {ids[:20]}"
+                + ("; reduced precision may be the cause: rerun with --precision fp32" if precision != "fp32" else "")
+            )
+        probs = torch.softmax(logits, dim=1)  # (B, C)
+    return probs.cpu().numpy(), emb.cpu().numpy()
+
+
+def forward_frame(df: Any) -> Any:
+    """The manifest rows as a :class:`~audit.data.Manifest` for forward decoding (masks dropped:
+    the forward pass does not need them)."""
+    from audit.data import Manifest
+
+    sub = df[["row_id", "path"]].reset_index(drop=True).copy()
+    sub["mask_path"] = None
+    return Manifest(df=sub, group_columns=[], label_column=None, class_names=[])
 
 
 def forward_rows(
@@ -127,58 +171,233 @@ def forward_rows(
     device: str = "cpu",
     precision: str = "fp32",
 ) -> dict[str, Any]:
-    """Forward pass over the manifest rows in ``df``.
+    """Forward pass over the manifest rows in ``df`` (one DataLoader, in order).
 
     Returns ``{"row_id": (n,), "probs": (n, C), "embeddings": (n, D), "skipped": [...]}``
     (float32 numpy). Rows that fail to decode raise, or are recorded in ``skipped``
     when ``skip_bad``. Non-finite outputs are reported per image.
     """
-    import torch
-
     from audit.data import ImageDataset, make_loader
 
-    ds = ImageDataset(df, adapter.preprocess.transform(), skip_bad=skip_bad)
+    ds = ImageDataset(forward_frame(df), adapter.preprocess.transform(), skip_bad=skip_bad)
     loader = make_loader(ds, batch_size=batch_size, num_workers=num_workers)
     rows, probs, embs, skipped = [], [], [], []
-    with torch.no_grad():
-        for batch in loader:
-            skipped.extend(batch.get("skipped", []))
-            if len(batch["row_id"]) == 0:
-                continue
-            x = batch["image"].to(device)
-            with autocast_context(device, precision):
-                emb = adapter.encode_image(x)
-                logits = classifier.logits(x)
-            logits = logits.float()
-            emb = emb.float()
-            bad = ~(torch.isfinite(logits).all(dim=1) & torch.isfinite(emb).all(dim=1))
-            if bad.any():
-                ids = [int(r) for r, b in zip(batch["row_id"], bad.tolist()) if b]
-                raise NumericsError(
-                    f"non-finite model outputs (NaN/Inf) for row ids {ids[:20]}"
-                    + (" with reduced precision; rerun with --precision fp32" if precision != "fp32" else "")
-                )
-            probs.append(torch.softmax(logits, dim=1).cpu().numpy())
-            embs.append(emb.cpu().numpy())
-            rows.append(np.asarray(batch["row_id"], dtype=np.int64))
-    n_cls = len(getattr(classifier, "class_names", None) or []) or (probs[0].shape[1] if probs else 0)
+    for batch in loader:
+        skipped.extend(batch.get("skipped", []))
+        if len(batch["row_id"]) == 0:
+            continue
+        ids = [int(r) for r in batch["row_id"]]
+        p, e = forward_batch(classifier, adapter, batch["image"], ids, device=device, precision=precision)
+        probs.append(p)
+        embs.append(e)
+        rows.append(np.asarray(ids, dtype=np.int64))
+    return _stack_parts(rows, probs, embs, skipped)
+
+
+def _stack_parts(rows: list, probs: list, embs: list, skipped: list) -> dict[str, Any]:
     return {
         "row_id": np.concatenate(rows) if rows else np.zeros(0, np.int64),
-        "probs": np.concatenate(probs) if probs else np.zeros((0, n_cls), np.float32),
+        "probs": np.concatenate(probs) if probs else np.zeros((0, 0), np.float32),
         "embeddings": np.concatenate(embs) if embs else np.zeros((0, 0), np.float32),
-        "skipped": skipped,
+        "skipped": list(skipped),
     }
 
 
-def write_shard(path: Path, result: dict[str, Any]) -> None:
-    """One atomic file per shard; the skipped rows travel in its metadata."""
+@dataclass
+class ShardPlan:
+    """What one forward shard needs: its rows, which are cached, which must be computed.
+
+    Attributes:
+        index: shard number (``shards/forward-<index>.safetensors``).
+        start, end: half-open positions in the manifest table.
+        row_id: ``(n,)`` row ids of the shard, in manifest order.
+        keys: per row, the cache key (image content hash), or ``None`` without a cache.
+        cached: ``(n,)`` bool, rows found in the cache.
+    """
+
+    index: int
+    start: int
+    end: int
+    row_id: np.ndarray
+    keys: list[str] | None
+    cached: np.ndarray
+
+    @property
+    def n_compute(self) -> int:
+        return int((~self.cached).sum())
+
+
+def plan_shards(df: Any, ranges: Sequence[tuple[int, int]], todo: Sequence[int], cache: Any | None) -> list[ShardPlan]:
+    """Hash the images of the shards still to do and look them up in the cache (if any)."""
+    from audit.cache import content_hashes
+
+    plans = []
+    for i in todo:
+        s, e = ranges[i]
+        rows = df["row_id"].to_numpy(dtype=np.int64)[s:e]
+        if cache is not None:
+            keys = content_hashes(df["path"].iloc[s:e].tolist())
+            cached = cache.contains(keys)
+        else:
+            keys, cached = None, np.zeros(e - s, dtype=bool)
+        plans.append(ShardPlan(index=i, start=s, end=e, row_id=rows, keys=keys, cached=cached))
+    return plans
+
+
+def compute_frame(df: Any, plans: Sequence[ShardPlan]) -> Any:
+    """The rows to compute, shard after shard, with a ``_shard`` column."""
+    import pandas as pd
+
+    parts = []
+    for p in plans:
+        sub = df.iloc[p.start : p.end][["row_id", "path"]]
+        sub = sub[~p.cached].copy()
+        sub["_shard"] = p.index
+        parts.append(sub)
+    if not parts:
+        return pd.DataFrame({"row_id": np.zeros(0, np.int64), "path": [], "_shard": np.zeros(0, np.int64)})
+    return pd.concat(parts, ignore_index=True)
+
+
+class _ShardBatches:
+    """Batch sampler over :func:`compute_frame` rows: ``batch_size`` rows, never across a shard."""
+
+    def __init__(self, shard_sizes: Sequence[int], batch_size: int) -> None:
+        self.batches: list[list[int]] = []
+        self.per_shard: list[int] = []
+        pos = 0
+        for n in shard_sizes:
+            k = 0
+            for s in range(0, n, batch_size):
+                self.batches.append(list(range(pos + s, pos + min(s + batch_size, n))))
+                k += 1
+            self.per_shard.append(k)
+            pos += n
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def local_compute(
+    classifier: Any,
+    adapter: Any,
+    frame: Any,
+    plans: Sequence[ShardPlan],
+    *,
+    batch_size: int,
+    num_workers: int,
+    skip_bad: bool,
+    device: str,
+    precision: str,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Stream the rows of ``frame`` through one DataLoader (workers decode ahead) and the model.
+
+    Yields ``(shard index, {"row_id", "probs", "embeddings", "skipped"})`` for every plan, in
+    order, as soon as that shard's last batch is done (plans with nothing to compute yield
+    empty results). Memory holds one shard's outputs plus the loader's prefetched batches.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    from audit.data import ImageDataset, collate_skip_bad
+
+    sizes = [p.n_compute for p in plans]
+    sampler = _ShardBatches(sizes, batch_size)
+    it: Iterator[Any] = iter(())
+    if len(sampler):
+        ds = ImageDataset(forward_frame(frame), adapter.preprocess.transform(), skip_bad=skip_bad)
+        kwargs: dict[str, Any] = {}
+        if num_workers > 0:
+            kwargs.update(prefetch_factor=4, persistent_workers=False)
+        loader = DataLoader(ds, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_skip_bad,
+                            pin_memory=device.startswith("cuda") and torch.cuda.is_available(), **kwargs)
+        it = iter(loader)
+    for plan, n_batches in zip(plans, sampler.per_shard):
+        rows, probs, embs, skipped = [], [], [], []
+        for _ in range(n_batches):
+            batch = next(it)
+            skipped.extend(batch.get("skipped", []))
+            if len(batch["row_id"]) == 0:
+                continue
+            ids = [int(r) for r in batch["row_id"]]
+            p, e = forward_batch(classifier, adapter, batch["image"], ids, device=device, precision=precision)
+            probs.append(p)
+            embs.append(e)
+            rows.append(np.asarray(ids, dtype=np.int64))
+        yield plan.index, _stack_parts(rows, probs, embs, skipped)
+
+
+def assemble_shard(plan: ShardPlan, computed: dict[str, Any], cache: Any | None,
+                   log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Merge cached and computed rows of one shard in manifest order; store computed rows in the cache.
+
+    Raises:
+        RunError: a row is missing or appears twice (never silently).
+    """
+    got = computed["row_id"]
+    skipped = list(computed["skipped"])
+    skipped_ids = {int(s["row_id"]) for s in skipped}
+    want = plan.row_id[~plan.cached]
+    if len(np.unique(got)) != len(got) or set(got.tolist()) | skipped_ids != set(want.tolist()) \
+            or len(got) + len(skipped_ids) != len(want):
+        raise RunError(
+            f"forward shard {plan.index}: the backend returned rows {sorted(set(got.tolist()))[:10]}... for "
+            f"{len(want)} requested rows (some lost or duplicated); rerun with --resume"
+        )
+    stored: dict[str, np.ndarray] = {}
+    if cache is not None and plan.cached.any():
+        keys = [k for k, c in zip(plan.keys or [], plan.cached) if c]
+        found, stored = cache.get(keys)
+        if not found.all():  # an entry vanished between planning and now: compute it next time
+            raise RunError(
+                f"forward shard {plan.index}: {int((~found).sum())} cache entries disappeared from "
+                f"{cache.path} during the run (another process cleaned the cache?); rerun with --resume"
+            )
+    if cache is not None and len(got):
+        key_of = dict(zip(plan.row_id.tolist(), plan.keys or []))
+        try:
+            cache.put([key_of[int(r)] for r in got], {"probs": computed["probs"], "embeddings": computed["embeddings"]})
+        except OSError as exc:
+            log(f"cache write to {cache.path} failed ({exc}); continuing without caching")
+    n_c = computed["probs"].shape[1] if len(got) else (stored["probs"].shape[1] if stored else 0)
+    n_d = computed["embeddings"].shape[1] if len(got) else (stored["embeddings"].shape[1] if stored else 0)
+    ok = np.array([(c or int(r) not in skipped_ids) for r, c in zip(plan.row_id, plan.cached)], dtype=bool)
+    row_id = plan.row_id[ok]
+    probs = np.zeros((len(row_id), n_c), np.float32)
+    emb = np.zeros((len(row_id), n_d), np.float32)
+    cached_ok = plan.cached[ok]
+    if cached_ok.any():
+        probs[cached_ok] = stored["probs"]
+        emb[cached_ok] = stored["embeddings"]
+    if len(got):
+        pos = {int(r): j for j, r in enumerate(row_id)}
+        idx = np.array([pos[int(r)] for r in got], dtype=np.int64)
+        probs[idx] = computed["probs"]
+        emb[idx] = computed["embeddings"]
+    return {"row_id": row_id, "probs": probs, "embeddings": emb, "skipped": skipped,
+            "n_cached": int(plan.cached.sum()), "n_computed": len(got)}
+
+
+def write_shard(path: Path, result: dict[str, Any], *, start: int | None = None, end: int | None = None,
+                fingerprint: str | None = None) -> None:
+    """One atomic file per shard; the skipped rows and the shard's range travel in its metadata."""
     emb = result["embeddings"]
-    if emb.size == 0:
-        emb = np.zeros((0, 1), np.float32)
+    if emb.ndim != 2 or emb.shape[1] == 0:
+        emb = np.zeros((len(result["row_id"]), 1), np.float32) if emb.size == 0 else emb
+    probs = result["probs"]
+    if probs.ndim != 2:
+        probs = np.zeros((len(result["row_id"]), 0), np.float32)
+    meta = {"skipped": json.dumps(result["skipped"])}
+    if start is not None:
+        meta.update(start=str(start), end=str(end), config_fingerprint=str(fingerprint))
     write_arrays(
         path,
-        {"row_id": result["row_id"], "probs": result["probs"].astype(np.float32), "embeddings": emb.astype(np.float32)},
-        metadata={"skipped": json.dumps(result["skipped"])},
+        {"row_id": result["row_id"].astype(np.int64), "probs": probs.astype(np.float32),
+         "embeddings": emb.astype(np.float32)},
+        metadata=meta,
     )
 
 
@@ -190,6 +409,190 @@ def read_shard(path: Path) -> dict[str, Any]:
         meta = fh.metadata() or {}
     arrays["skipped"] = json.loads(meta.get("skipped", "[]"))
     return arrays
+
+
+def _shard_header(path: Path) -> tuple[dict[str, str], dict[str, list[int]]]:
+    """(metadata, {name: shape}) of a shard without reading its data."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as fh:
+        meta = dict(fh.metadata() or {})
+        shapes = {k: list(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    return meta, shapes
+
+
+def check_shards(run: Run, ranges: Sequence[tuple[int, int]], fingerprint: str,
+                 log: Callable[[str], None] = lambda s: None) -> list[int]:
+    """Indices of shards still to compute; unreadable shard files are removed (and recomputed).
+
+    Also clears temporary files left by a process killed mid-write.
+
+    Raises:
+        RunError: a readable shard belongs to another config or covers other rows.
+    """
+    d = run.path / "shards"
+    for tmp in d.glob(".*.tmp") if d.is_dir() else []:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    todo = []
+    for i, (s, e) in enumerate(ranges):
+        p = shard_path(run, i)
+        if not p.is_file():
+            todo.append(i)
+            continue
+        try:
+            meta, shapes = _shard_header(p)
+        except Exception as exc:  # noqa: BLE001 - a damaged file is recomputed, never trusted
+            log(f"shard {p.name} is unreadable ({exc}); computing it again")
+            p.unlink()
+            todo.append(i)
+            continue
+        if "start" in meta and (int(meta["start"]), int(meta["end"])) != (s, e) \
+                or meta.get("config_fingerprint", fingerprint) != fingerprint:
+            raise RunError(
+                f"{p}: this shard was written for rows {meta.get('start')}..{meta.get('end')} of another config; "
+                "the run directory is inconsistent: use --overwrite to start again"
+            )
+        n = shapes["row_id"][0] + len(json.loads(meta.get("skipped", "[]")))
+        if n != e - s:
+            raise RunError(f"{p}: holds {n} rows for a shard of {e - s}; use --overwrite to start again")
+    return todo
+
+
+def consolidate_shards(
+    run: Run, ranges: Sequence[tuple[int, int]], df: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Concatenate the forward shards into ``(row_id (N,), probs (N, C), embeddings (N, D), skipped)``.
+
+    Reads headers first and fills preallocated arrays one shard at a time, so peak memory is
+    the final arrays plus one shard. Checks that every manifest row is present exactly once
+    (as a result or as a skipped row).
+
+    Raises:
+        RunError: a shard is missing, or rows are lost or duplicated.
+    """
+    from safetensors import safe_open
+
+    n_total, n_c, n_d = 0, 0, 0
+    for i in range(len(ranges)):
+        p = shard_path(run, i)
+        if not p.is_file():
+            raise RunError(f"{p} is missing; rerun with --resume to compute it")
+        _, shapes = _shard_header(p)
+        n_total += shapes["row_id"][0]
+        if shapes["row_id"][0]:
+            n_c, n_d = shapes["probs"][1], shapes["embeddings"][1]
+    row_id = np.empty(n_total, np.int64)
+    probs = np.empty((n_total, n_c), np.float32)
+    emb = np.empty((n_total, n_d), np.float32)
+    skipped: list[dict[str, Any]] = []
+    pos = 0
+    for i in range(len(ranges)):
+        with safe_open(str(shard_path(run, i)), framework="numpy") as fh:
+            r = fh.get_tensor("row_id")
+            k = len(r)
+            row_id[pos : pos + k] = r
+            if k:
+                probs[pos : pos + k] = fh.get_tensor("probs")
+                emb[pos : pos + k] = fh.get_tensor("embeddings")
+            skipped.extend(json.loads((fh.metadata() or {}).get("skipped", "[]")))
+        pos += k
+    expected = df["row_id"].to_numpy(dtype=np.int64)
+    seen = np.concatenate([row_id, np.array([int(s["row_id"]) for s in skipped], dtype=np.int64)])
+    if len(seen) != len(expected) or not np.array_equal(np.sort(seen), np.sort(expected)):
+        raise RunError(
+            f"{run.path}/shards: {len(seen)} rows recorded for {len(expected)} manifest rows (lost or duplicated "
+            "images); the run directory is inconsistent: use --overwrite to start again"
+        )
+    return row_id, probs, emb, skipped
+
+
+def forward_shards(
+    config: AuditConfig,
+    *,
+    df: Any,
+    run: Run,
+    adapter: Any,
+    classifier: Any,
+    device: str,
+    class_hint: Sequence[str] | None = None,
+    progress: Progress | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The forward stage: compute every shard not yet on disk and write it atomically.
+
+    The local backend streams rows through a DataLoader in this process; ``run.backend: ray``
+    hands them to Ray Data (:mod:`audit.scale`). Rows found in ``run.cache_dir`` are not
+    computed. Returns counters ``{"shards", "shards_done_before", "computed", "cached"}``.
+
+    Raises:
+        RunError: a shard could not be written (the message says how to resume).
+    """
+    progress = progress or _noop_progress
+    log = log or (lambda s: None)
+    ranges = shard_ranges(len(df), config.run.shard_size)
+    fp = str(run.meta.get("config_fingerprint"))
+    todo = check_shards(run, ranges, fp, log)
+    cache = None
+    if config.run.cache_dir is not None:
+        from audit.cache import forward_cache
+
+        cache = forward_cache(config.run.cache_dir, adapter=adapter, classifier=classifier,
+                              precision=config.run.precision, device=device)
+    plans = plan_shards(df, ranges, todo, cache)
+    frame = compute_frame(df, plans)
+    done_rows = sum(e - s for i, (s, e) in enumerate(ranges) if i not in set(todo))
+    progress("forward", done_rows, len(df))
+    if done_rows:
+        log(f"resuming: {len(ranges) - len(todo)} of {len(ranges)} forward shards already done")
+    if config.run.backend == "ray":
+        from audit.scale import ray_compute
+
+        stream = ray_compute(config, frame, plans, class_hint=class_hint,
+                             expected_fingerprint=str(classifier.fingerprint), device=device)
+    else:
+        stream = local_compute(classifier, adapter, frame, plans, batch_size=config.run.batch_size,
+                               num_workers=config.run.num_workers, skip_bad=config.data.skip_bad, device=device,
+                               precision=config.run.precision)
+    counts = {"shards": len(ranges), "shards_done_before": len(ranges) - len(todo), "computed": 0, "cached": 0}
+    by_index = {p.index: p for p in plans}
+    written = len(ranges) - len(todo)
+    try:
+        for index, computed in stream:
+            plan = by_index[index]
+            result = assemble_shard(plan, computed, cache, log)
+            path = shard_path(run, index)
+            try:
+                write_shard(path, result, start=plan.start, end=plan.end, fingerprint=fp)
+            except OSError as exc:
+                raise RunError(_write_failure(path, exc, index, len(ranges), written)) from exc
+            written += 1
+            counts["computed"] += result["n_computed"]
+            counts["cached"] += result["n_cached"]
+            done_rows += plan.end - plan.start
+            progress("forward", done_rows, len(df))
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+    if cache is not None:
+        run.meta["cache"] = {**cache.stats(), "computed": counts["computed"], "cached": counts["cached"]}
+    return counts
+
+
+def _write_failure(path: Path, exc: OSError, index: int, n_shards: int, written: int) -> str:
+    import errno as _errno
+    import os
+
+    what = os.strerror(exc.errno) if exc.errno else str(exc)
+    code = _errno.errorcode.get(exc.errno or 0, "")
+    hint = "free disk space" if exc.errno in (_errno.ENOSPC, _errno.EDQUOT) else "fix the cause"
+    return (
+        f"could not write forward shard {index + 1} of {n_shards} ({path}): {what}"
+        + (f" [{code}]" if code else "")
+        + f". The {written} complete shard(s) already written are kept and the run is marked failed; "
+        f"{hint}, then continue with `vision-audit run CONFIG --resume`"
+    )
 
 
 # --------------------------------------------------------------------------- run
@@ -210,6 +613,9 @@ def config_fingerprint(config: AuditConfig) -> str:
 def run_audit(config: AuditConfig, *, progress: Progress | None = None, log: Callable[[str], None] | None = None) -> Run:
     """Run the whole audit described by ``config`` and return the finished :class:`Run`.
 
+    A run that fails is left with ``status: "failed"`` (or ``"partial"`` when interrupted) and
+    its complete forward shards, so ``run.resume`` (``--resume``) continues it.
+
     Example:
         >>> from audit import load_config, run_audit              # doctest: +SKIP
         >>> run = run_audit(load_config("audit.yaml"))            # doctest: +SKIP
@@ -222,8 +628,12 @@ def run_audit(config: AuditConfig, *, progress: Progress | None = None, log: Cal
     progress = progress or _noop_progress
     log = log or (lambda s: None)
     timer = _Timer()
-    torch.manual_seed(config.stats.seed)
     device = resolve_device(config.run.device)
+    done = _already_complete(config)
+    if done is not None:
+        log(f"{done.path} is already complete; nothing to resume (use --overwrite to compute it again)")
+        return done
+    torch.manual_seed(config.stats.seed)
 
     with timer.stage("load"):
         manifest = load_manifest(
@@ -245,42 +655,36 @@ def run_audit(config: AuditConfig, *, progress: Progress | None = None, log: Cal
         run.meta["skipped"] = list(manifest.skipped)
     log(f"model {adapter.spec} ({adapter.kind}), {len(df)} images, output {run.path}")
 
+    try:
+        return _run_stages(config, run, manifest, df, adapter, classifier, class_hint, class_names, device,
+                           timer, progress, log)
+    except Exception as exc:
+        _mark_failed(run, exc)
+        raise
+
+
+def _run_stages(config: AuditConfig, run: Run, manifest: Any, df: Any, adapter: Any, classifier: Any,
+                class_hint: Sequence[str] | None, class_names: list[str], device: str, timer: _Timer,
+                progress: Progress, log: Callable[[str], None]) -> Run:
     # ---------------------------------------------------------------- forward
     with timer.stage("forward"):
-        ranges = shard_ranges(len(df), config.run.shard_size)
-        todo = [i for i in range(len(ranges)) if not shard_path(run, i).is_file()]
-        if config.run.backend == "ray":
-            from audit.scale import ray_forward
-
-            ray_forward(config, df, ranges, todo, run, progress=progress)
-        else:
-            done = len(ranges) - len(todo)
-            progress("forward", done * config.run.shard_size, len(df))
-            for i in todo:
-                s, e = ranges[i]
-                result = forward_rows(
-                    classifier, adapter, df.iloc[s:e],
-                    batch_size=config.run.batch_size, num_workers=config.run.num_workers,
-                    skip_bad=config.data.skip_bad, device=device, precision=config.run.precision,
-                )
-                write_shard(shard_path(run, i), result)
-                progress("forward", e, len(df))
+        counts = forward_shards(config, df=df, run=run, adapter=adapter, classifier=classifier, device=device,
+                                class_hint=class_hint, progress=progress, log=log)
+        run.meta["forward"] = counts
 
     with timer.stage("tables"):
-        shards = [read_shard(shard_path(run, i)) for i in range(len(ranges))]
-        row_id = np.concatenate([s["row_id"] for s in shards]) if shards else np.zeros(0, np.int64)
-        probs = np.concatenate([s["probs"] for s in shards]) if shards else np.zeros((0, len(class_names)), np.float32)
-        emb = np.concatenate([s["embeddings"] for s in shards]) if shards else np.zeros((0, 1), np.float32)
-        for s in shards:
-            run.meta["skipped"].extend(s["skipped"])
+        ranges = shard_ranges(len(df), config.run.shard_size)
+        row_id, probs, emb, skipped = consolidate_shards(run, ranges, df)
+        run.meta["skipped"].extend(skipped)
         if len(row_id) == 0:
             raise UsageError("no image could be read: every row was skipped (see the skipped list in run.json)")
         samples, predictions = build_tables(df, row_id, probs, class_names, manifest.group_columns)
         run.write_table("samples", samples)
         run.write_table("predictions", predictions)
         run.write_array_file("probs", {"probs": probs, "row_id": row_id})
+        del probs
         run.write_array_file("embeddings", {"image": emb, "row_id": row_id})
-        run.meta["dataset"]["n_used"] = int(len(row_id))
+        run.meta["dataset"]["n_used"] = len(row_id)
         run.save_meta()
 
     from audit import analyses
@@ -303,9 +707,40 @@ def run_audit(config: AuditConfig, *, progress: Progress | None = None, log: Cal
         run.meta["headline"] = analyses.headline(ctx)
         run.meta["limitations"] = analyses.limitations(ctx)
     run.meta["timings"] = {**run.meta.get("timings", {}), **timer.timings}
+    run.meta.pop("error", None)
     run.finish("complete")
     _remove_shards(run)
     return run
+
+
+def _mark_failed(run: Run, exc: BaseException) -> None:
+    """Record the failure in run.json if the disk allows; never hides the original error."""
+    run.meta["status"] = "failed"
+    run.meta["error"] = f"{type(exc).__name__}: {exc}"
+    with contextlib.suppress(Exception):
+        run.save_meta()
+
+
+def _already_complete(config: AuditConfig) -> Run | None:
+    """With --resume, a finished run of the same forward config needs no work."""
+    out = config.run.output
+    if not config.run.resume or not (out / "run.json").is_file():
+        return None
+    try:
+        run = Run.open(out, allow_partial=True)
+    except RunError:
+        return None
+    if run.meta.get("status") == "complete" and run.meta.get("config_fingerprint") == config_fingerprint(config) \
+            and _comparable(run.meta.get("config", {})) == _comparable(config.model_dump(mode="json")):
+        return run
+    return None
+
+
+def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A config dict without the settings that do not change a run's results."""
+    run = {k: v for k, v in cfg.get("run", {}).items()
+           if k not in ("resume", "overwrite", "backend", "ray_address", "num_workers", "cache_dir")}
+    return {**cfg, "run": run}
 
 
 def _open_or_create_run(config: AuditConfig, adapter: Any, manifest: Any, df: Any, device: str) -> Run:
@@ -315,7 +750,7 @@ def _open_or_create_run(config: AuditConfig, adapter: Any, manifest: Any, df: An
         "model": {**adapter.describe(), "name": config.model.name or config.model.spec},
         "dataset": {
             "manifest": str(config.data.manifest),
-            "fingerprint": manifest.fingerprint,
+            "fingerprint": manifest.fingerprint() if callable(manifest.fingerprint) else manifest.fingerprint,
             "n_rows": int(len(manifest.df) + len(manifest.skipped)),
             "n_used": None,
             "label_column": config.data.columns.label,
@@ -324,6 +759,7 @@ def _open_or_create_run(config: AuditConfig, adapter: Any, manifest: Any, df: An
             "root": str(config.data.root or Path(config.data.manifest).parent),
         },
         "device": device,
+        "device_name": _device_name(device),
         "dtype": {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[config.run.precision],
         "backend": config.run.backend,
     }
@@ -337,11 +773,27 @@ def _open_or_create_run(config: AuditConfig, adapter: Any, manifest: Any, df: An
             )
         if run.meta.get("model", {}).get("fingerprint") != meta["model"]["fingerprint"]:
             raise RunError(f"{out}: the model weights changed since the interrupted run; use --overwrite")
+        if run.meta.get("dataset", {}).get("fingerprint") != meta["dataset"]["fingerprint"]:
+            raise RunError(
+                f"{out}: the manifest or its image files changed since the interrupted run; use --overwrite"
+            )
         run.meta.update({k: v for k, v in meta.items() if k not in ("dataset",)})
         run.meta["status"] = "partial"
+        run.meta.pop("error", None)
+        run.meta["resumed"] = int(run.meta.get("resumed", 0)) + 1
         run.save_meta()
         return run
     return Run.create(out, overwrite=config.run.overwrite, meta=meta)
+
+
+def _device_name(device: str) -> str:
+    import platform
+
+    if device.startswith("cuda"):
+        import torch
+
+        return str(torch.cuda.get_device_name(torch.device(device)))
+    return platform.processor() or platform.machine()
 
 
 def _remove_shards(run: Run) -> None:
