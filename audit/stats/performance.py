@@ -718,7 +718,8 @@ def disparity_tests(
     out["k"] = out["k"].astype("int64")
     out["n_excluded"] = out["n_excluded"].astype("int64")
     for c in ("max_group", "min_group", "test", "note"):
-        out[c] = out[c].fillna("").astype(str)
+        col = out[c].astype(object)
+        out[c] = col.where(col.notna(), "").astype(str)
     return out
 
 

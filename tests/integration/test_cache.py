@@ -14,7 +14,6 @@ from audit.pipeline import run_audit
 
 from .conftest import make_dataset, parse
 
-pytestmark = pytest.mark.filterwarnings("ignore:'str' is not supported as a fill value")
 
 
 @pytest.fixture

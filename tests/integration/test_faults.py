@@ -15,7 +15,6 @@ from audit.runs import Run
 
 from .conftest import make_dataset, parse, write_config
 
-pytestmark = pytest.mark.filterwarnings("ignore:'str' is not supported as a fill value")
 
 
 def _enospc_on_shard(monkeypatch: pytest.MonkeyPatch, nth: int, *, everything_after: bool = False) -> None:

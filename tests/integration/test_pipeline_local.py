@@ -14,7 +14,6 @@ from audit.pipeline import _ShardBatches, consolidate_shards, run_audit, shard_p
 from .conftest import CLASSES, TINY_MODEL, make_dataset, parse, write_config
 
 # audit.stats.disparity_tests (not this module) triggers this pandas deprecation at the moment
-pytestmark = pytest.mark.filterwarnings("ignore:'str' is not supported as a fill value")
 
 
 def _independent_outputs(manifest: Path) -> tuple[np.ndarray, np.ndarray, str]:

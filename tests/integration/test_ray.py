@@ -15,7 +15,6 @@ from audit.pipeline import run_audit
 from .conftest import make_dataset, parse
 
 pytestmark = [
-    pytest.mark.filterwarnings("ignore:'str' is not supported as a fill value"),
     # Ray's own modules emit these on import/start-up (not vision-audit code)
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
     pytest.mark.filterwarnings("ignore::ResourceWarning"),

@@ -18,7 +18,6 @@ from audit.runs import Run
 
 from .conftest import PYTHON, cli_env, make_dataset, parse, write_config
 
-pytestmark = pytest.mark.filterwarnings("ignore:'str' is not supported as a fill value")
 
 
 def _assert_same_results(a: Run, b: Run) -> None:
