@@ -15,7 +15,6 @@ from audit.pipeline import run_audit
 from .conftest import make_dataset, parse
 
 
-
 @pytest.fixture
 def count_forward(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Count images passed through the model (forward_batch is the only way to the model)."""

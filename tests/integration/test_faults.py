@@ -16,7 +16,6 @@ from audit.runs import Run
 from .conftest import make_dataset, parse, write_config
 
 
-
 def _enospc_on_shard(monkeypatch: pytest.MonkeyPatch, nth: int, *, everything_after: bool = False) -> None:
     """Make safetensors' save_file raise ENOSPC on the ``nth`` shard write (and, optionally, every
     later write of any file, like a disk that stays full)."""

@@ -19,7 +19,6 @@ from audit.runs import Run
 from .conftest import PYTHON, cli_env, make_dataset, parse, write_config
 
 
-
 def _assert_same_results(a: Run, b: Run) -> None:
     assert a.table("predictions").equals(b.table("predictions"))
     assert a.table("samples").equals(b.table("samples"))
