@@ -135,8 +135,7 @@ def forward_batch(
     with torch.no_grad():
         x = x.to(device, non_blocking=True)
         with autocast_context(device, precision):
-            emb = adapter.encode_image(x)  # (B, D)
-            logits = classifier.logits(x)  # (B, C)
+            emb, logits = classifier.embed_and_logits(x)  # (B, D), (B, C): one pass through the tower
         logits = logits.float()
         emb = emb.float()
         bad = ~(torch.isfinite(logits).all(dim=1) & torch.isfinite(emb).all(dim=1))  # (B,)

@@ -267,6 +267,14 @@ class Adapter(ABC):
         """``(B, 3, H, W)`` -> ``(B, C)`` class logits. CLIP adapters need a ZeroShotHead."""
         raise NotImplementedError(f"{self.spec} has no classification head; wrap it in ZeroShotHead")
 
+    def embed_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(embedding (B, D), logits (B, C))`` from one forward pass where the family allows it.
+
+        The default runs :meth:`encode_image` and :meth:`logits` separately; adapters whose
+        logits are computed from the embedding override it to run the tower once.
+        """
+        return self.encode_image(x), self.logits(x)
+
     def supports_input_size(self, size: tuple[int, int]) -> bool:
         """Whether the model accepts ``size`` (H, W) (dynamic image size / pos-embed interpolation)."""
         return tuple(size) == tuple(self.preprocess.size)

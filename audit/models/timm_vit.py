@@ -208,6 +208,14 @@ class TimmViTAdapter(Adapter):
             raise UsageError(f"{self.spec} was built without a classification head (num_classes=0)")
         return self.model(x)  # (B, C); distilled DeiT: mean of both heads (timm's eval output)
 
+    def embed_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass through the blocks: pre-logits embedding and timm's eval logits."""
+        if not getattr(self.model, "num_classes", 0):
+            raise UsageError(f"{self.spec} was built without a classification head (num_classes=0)")
+        feats = self.model.forward_features(x)  # (B, N, C)
+        emb = self.model.forward_head(feats, pre_logits=True)  # (B, D)
+        return emb, self.model.forward_head(feats)  # (B, C)
+
 
 # -- helpers -------------------------------------------------------------------------------
 def _recording_dropout(drop: nn.Module):

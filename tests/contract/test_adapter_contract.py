@@ -203,3 +203,15 @@ def test_registered_attention_methods(named_adapter) -> None:
     # rollout rows are stochastic: patch mass + prefix mass of the pooled row = 1, so patches sum < 1
     roll = METHODS.get("rollout")(a, x)
     assert (roll.flatten(1).sum(-1) <= 1 + 1e-5).all()
+
+
+def test_embed_and_logits_equals_separate_calls(named_adapter) -> None:
+    """The pipeline's single-pass forward gives what encode_image and logits give separately."""
+    _, a = named_adapter
+    if a.kind != "classifier":
+        pytest.skip("CLIP adapters classify through a ZeroShotHead (covered by its factory)")
+    x = _x(a)
+    with torch.no_grad():
+        emb, logits = a.embed_and_logits(x)
+        torch.testing.assert_close(emb, a.encode_image(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logits, a.logits(x), atol=1e-5, rtol=1e-5)
