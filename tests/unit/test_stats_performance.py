@@ -132,7 +132,12 @@ def test_disparity_finds_planted_gap_and_adjusts():
     df = pd.DataFrame({"label": lab, "pred": pred, "g": g, "score": rng.uniform(0.5, 1, n)})
     dt = disparity_tests(df, group_cols=["g"], pos_label="1", n_boot=200, n_perm=2000, pairwise=True)
     acc = dt[(dt.metric == "accuracy") & (dt.note != "pairwise")].iloc[0]
-    assert acc.min_group == "z" and acc.p_value == pytest.approx(1 / 2001) and acc.significant
+    fixed = disparity_tests(df, group_cols=["g"], pos_label="1", n_boot=200, n_perm=2000, max_perm=2000)
+    assert fixed[fixed.metric == "accuracy"].iloc[0].p_value == pytest.approx(1 / 2001)
+    # no permutation reaches the gap: the first 2000 draws leave p at its floor 1/2001, so the
+    # sequential rule draws more (up to 100,000) and p falls to its new floor
+    assert acc.min_group == "z" and acc.significant
+    assert acc.p_value == pytest.approx(1 / 100_001) and "100000 perms" in acc.test
     assert acc.diff_ci_low > 0.1 and acc.difference == pytest.approx(acc.max_value - acc.min_value)
     assert acc.ratio == pytest.approx(acc.min_value / acc.max_value)
     pw = dt[(dt.metric == "accuracy") & (dt.note == "pairwise")]
