@@ -151,6 +151,34 @@ def _audit_cause(exc: BaseException) -> AuditError | None:
         if isinstance(e, AuditError):
             return e
         stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
+        as_cause = getattr(e, "as_instanceof_cause", None)  # ray.exceptions.RayTaskError
+        if callable(as_cause):
+            try:
+                inner = as_cause()
+            except Exception:  # noqa: BLE001 - best effort unwrapping of a foreign exception
+                inner = None
+            if inner is not e:
+                stack.append(inner)
+        stack += [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
+    return None
+
+
+def _audit_error_from_text(text: str) -> AuditError | None:
+    """Rebuild the worker's AuditError from Ray's error text.
+
+    Ray Data wraps an exception raised in a ``map_batches`` actor in a ``UserCodeException``
+    that reaches the driver without the original object (only its formatted traceback), so the
+    last ``audit.errors.<Class>: <message>`` line of that text is the error the user must see.
+    """
+    import re
+
+    from audit import errors
+
+    found = re.findall(r"audit\.errors\.(\w+): (.+)", text)
+    for name, message in reversed(found):
+        cls = getattr(errors, name, None)
+        if isinstance(cls, type) and issubclass(cls, AuditError):
+            return cls(message.strip())
     return None
 
 
@@ -190,7 +218,8 @@ def ray_compute(
             cpus = float(ray.cluster_resources().get("CPU", 1))
             gpus = float(ray.cluster_resources().get("GPU", 0))
             n_batches = max(1, -(-len(frame) // config.run.batch_size))
-            pool = int(max(1, min(n_batches, gpus if cuda and gpus else cpus)))
+            # no more actors than input blocks (one per shard): Ray warns about idle minimum actors
+            pool = int(max(1, min(n_batches, len(parts), gpus if cuda and gpus else cpus)))
             out = ds.map_batches(
                 ForwardActor,
                 fn_constructor_kwargs={
@@ -210,7 +239,7 @@ def ray_compute(
         except AuditError:
             raise
         except Exception as exc:
-            cause = _audit_cause(exc)
+            cause = _audit_cause(exc) or _audit_error_from_text(str(exc))
             if cause is not None:
                 raise type(cause)(str(cause)) from exc
             raise RunError(f"the Ray backend failed ({type(exc).__name__}: {exc}); rerun with --resume") from exc
