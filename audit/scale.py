@@ -231,7 +231,7 @@ def ray_compute(
                 },
                 batch_size=config.run.batch_size,
                 batch_format="pandas",
-                concurrency=pool,
+                compute=ray.data.ActorPoolStrategy(size=pool),  # one model per actor
                 num_cpus=0 if cuda else 1,
                 num_gpus=1 if cuda else 0,
             )
