@@ -349,7 +349,15 @@ def headline(ctx: Context) -> list[str]:
                 f"{r['diff_ci_low']:.2f}–{r['diff_ci_high']:.2f}, Holm {_fmt_p(r['p_holm'])})"
             )
         if sig.empty and len(d):
-            out.append(f"{name}: no performance disparity is significant after Holm correction ({len(d)} tests).")
+            others = d[d["significant"]]
+            if others.empty:
+                out.append(f"{name}: no performance disparity is significant after Holm correction ({len(d)} tests).")
+            else:
+                metrics = ", ".join(sorted(set(others["metric"])))
+                out.append(
+                    f"{name}: no accuracy or recall disparity is significant after Holm correction; "
+                    f"{len(others)} of {len(d)} tests are, for {metrics} (see the disparities table)."
+                )
     if run.has_table("association"):
         a = run.table("association")
         for _, r in a.iterrows():

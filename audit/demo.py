@@ -97,7 +97,7 @@ def run_demo(*, out: Path = Path("runs/demo"), n_per_cell: int | None = None, re
         print(f"  - {line}")
     print(f"\nruns in {out} ({time.perf_counter() - t0:.0f} s)")
     if report:
-        print(f"reports: {out}/<model>/report.html")
+        print(f"reports: {out}/<model>/report/report.html (comparison: {out}/compare-vit/comparison.html)")
     print("open the dashboard: .venv/bin/vision-audit dashboard")
     return 0
 
