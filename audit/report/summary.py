@@ -583,15 +583,18 @@ def _limitations(run: Run, s: AuditSummary) -> list[str]:
 def _headline(s: AuditSummary) -> list[str]:
     out = []
     gc = s.provenance.group_columns
-    for d in s.disparities:
-        if d.metric not in HEADLINE_METRICS or d.attribute not in gc:
-            continue
+    # whole-model rows always; one-vs-rest (per-class) rows only when significant; strongest first
+    rows = [d for d in s.disparities if d.metric in HEADLINE_METRICS and d.attribute in gc
+            and (d.cls in ("__all__", "__macro__") or d.significant)]
+    rows.sort(key=lambda d: (not d.significant, -(d.difference or 0.0)))
+    for d in rows:
+        what = d.metric if d.cls in ("__all__", "__macro__") else f"{d.metric} of class {d.cls} (one-vs-rest)"
         if d.difference is None:
-            out.append(f"{d.metric} across {d.attribute}: not tested ({d.note or 'too few groups'}).")
+            out.append(f"{what} across {d.attribute}: not tested ({d.note or 'too few groups'}).")
             continue
         verdict = ("significant after Holm correction" if d.significant
                    else "not significant after Holm correction")
-        out.append(f"{d.metric} gap across {d.attribute}: {fmt(d.difference)} "
+        out.append(f"{what} gap across {d.attribute}: {fmt(d.difference)} "
                    f"{fmt_ci(d.diff_ci_low, d.diff_ci_high)} between {d.max_group} ({fmt(d.max_value)}) and "
                    f"{d.min_group} ({fmt(d.min_value)}); Holm p = {fmt(d.p_holm, 'p')}, {verdict}.")
     if s.clip is not None:
