@@ -252,7 +252,7 @@ def _faith_summary(faith: Any, seed: int):
             boots = rng.choice(v, size=(1000, len(v)), replace=True).mean(axis=1)
             out.append({
                 "method": m, "metric": metric, "value": float(v.mean()),
-                "ci_low": float(np.quantile(boots, 0.025)), "ci_high": float(np.quantile(boots, 0.975)), "n": int(len(v)),
+                "ci_low": float(np.quantile(boots, 0.025)), "ci_high": float(np.quantile(boots, 0.975)), "n": len(v),
             })
     return pd.DataFrame(out, columns=["method", "metric", "value", "ci_low", "ci_high", "n"])
 
@@ -277,8 +277,13 @@ def clip_analyses(ctx: Context) -> None:
     """Zero-shot harms, association tests (image-EAT) and retrieval skew."""
     import pandas as pd
 
-    from audit.stats import AssociationTest, association_table, harmful_label_rates, retrieval_skew
-    from audit.stats import zeroshot_label_distribution
+    from audit.stats import (
+        AssociationTest,
+        association_table,
+        harmful_label_rates,
+        retrieval_skew,
+        zeroshot_label_distribution,
+    )
     from audit.stats.sets import load_set
 
     cc = ctx.config.clip
@@ -342,7 +347,7 @@ def headline(ctx: Context) -> list[str]:
         sig = d[(d["significant"]) & (d["metric"].isin(["accuracy", "tpr"]))]
         sig = sig.sort_values("difference", ascending=False)
         for _, r in sig.head(3).iterrows():
-            what = "accuracy" if r["cls"] in ("__all__", "__macro__") else f"recall of class {r['cls']!r}"
+            what = r["metric"].replace("_", " ") if r["cls"] in ("__all__", "__macro__") else f"recall of class {r['cls']!r}"
             out.append(
                 f"{name}: {what} by {r['attribute']}: {r['min_value']:.2f} for {r['min_group']} vs "
                 f"{r['max_value']:.2f} for {r['max_group']} (gap {r['difference']:.2f}, 95% CI "

@@ -33,6 +33,8 @@ def demo_config(name: str, manifest: Path, out: Path) -> dict[str, Any]:
             "max_images": 48,
             "params": {"ig": {"n_steps": 16, "internal_batch_size": 64}},
             "faithfulness_steps": 16,
+            # a blurred flat shape is still an obvious shape: deleting to black is the informative test here
+            "baseline": "black",
             "sanity_images": 6,
         },
         "stats": {"n_boot": 1000, "n_perm": 1000, "seed": 0},

@@ -9,6 +9,8 @@ lazily (on first use of the registry) so ``import audit`` stays light.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 from audit.registry import METHODS
@@ -58,3 +60,20 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'audit.explain' has no attribute {name!r}")
+
+
+class _CallableModule(types.ModuleType):
+    """``audit.explain`` is both this package and the :func:`explain` function.
+
+    Importing the subpackage binds the name ``explain`` on :mod:`audit` to this module, which
+    would shadow the curated ``audit.explain(...)`` function; making the module callable keeps
+    ``audit.explain(model, images, method=...)`` working whatever was imported first.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from audit.explain.api import explain as _explain
+
+        return _explain(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
