@@ -153,6 +153,7 @@ def explanations(ctx: Context) -> None:
 
     from audit.explain import ClassTarget, explain
     from audit.explain.faithfulness import faithfulness_table
+    from audit.explain.quality import map_problems
     from audit.explain.sanity import model_randomization
 
     ex = ctx.config.explain
@@ -173,6 +174,8 @@ def explanations(ctx: Context) -> None:
     bs = max(1, min(ctx.config.run.batch_size, 16))
     faith_frames = []
     maps_by_method: dict[str, torch.Tensor] = {}
+    valid_by_method: dict[str, np.ndarray] = {}
+    quality_rows: list[dict[str, Any]] = []
     total = len(methods) * len(rows)
     done = 0
     for m in methods:
@@ -193,15 +196,20 @@ def explanations(ctx: Context) -> None:
             done += len(xb)
             ctx.progress("explain", done, total)
         maps = torch.cat(parts)  # (M, gh, gw)
-        finite = torch.isfinite(maps).flatten(1).all(dim=1)
-        if not finite.all():
-            bad = rows[~finite.numpy()]
+        problems = map_problems(maps)
+        bad = [i for i, p in enumerate(problems) if p]
+        if bad:
+            quality_rows += [{"method": m, "row_id": int(rows[i]), "problem": problems[i]} for i in bad]
+            kinds = sorted({problems[i].split(":")[0] for i in bad})
             ctx.notes.append(
-                f"Method {m}: non-finite map values (NaN/Inf) for row ids {bad.tolist()[:20]}; "
-                "those maps are not trustworthy and are not shown as maps."
+                f"Method {m}: {len(bad)} of {len(rows)} maps are not usable ({'; '.join(kinds)}), row ids "
+                f"{[int(rows[i]) for i in bad][:20]}{' …' if len(bad) > 20 else ''}; they are listed in the "
+                "map_quality table, left out of faithfulness and region statistics, and never drawn."
             )
+        valid_by_method[m] = np.asarray([not p for p in problems])
         maps_by_method[m] = maps
         ctx.run.write_maps(m, maps, rows)
+    ctx.run.write_table("map_quality", pd.DataFrame(quality_rows, columns=["method", "row_id", "problem"]))
     ctx.run.save_meta()
     if faith_frames:
         faith = pd.concat(faith_frames, ignore_index=True)
@@ -225,15 +233,21 @@ def explanations(ctx: Context) -> None:
         groups = ctx.predictions.set_index("row_id").loc[rows].reset_index()
         frames = []
         for m, maps in maps_by_method.items():
-            up = torch.nn.functional.interpolate(maps[:, None], size=masks_all.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+            ok = valid_by_method[m]  # unusable maps (NaN/Inf, constant) are not averaged in
+            if not ok.any():
+                continue
+            up = torch.nn.functional.interpolate(maps[ok][:, None], size=masks_all.shape[-2:], mode="bilinear",
+                                                 align_corners=False)[:, 0]
             frames.append(
                 region_mass_by_group(
-                    up.clamp_min(0).numpy(), masks_all.numpy().astype(bool), groups, group_cols=ctx.group_columns,
+                    up.clamp_min(0).numpy(), masks_all[ok].numpy().astype(bool), groups[ok].reset_index(drop=True),
+                    group_cols=ctx.group_columns,
                     method=m, n_boot=ctx.config.stats.n_boot, n_perm=ctx.config.stats.n_perm,
                     seed=ctx.config.stats.seed, min_group_size=min(ctx.config.stats.min_group_size, 10),
                 )
             )
-        ctx.run.write_table("region_mass", pd.concat(frames, ignore_index=True))
+        if frames:
+            ctx.run.write_table("region_mass", pd.concat(frames, ignore_index=True))
     ctx.run.save_meta()
 
 
@@ -378,7 +392,7 @@ def limitations(ctx: Context) -> list[str]:
     out = list(ctx.notes)
     skipped = run.meta.get("skipped", [])
     if skipped:
-        out.append(f"{len(skipped)} image(s) could not be read and were skipped (listed in run.json).")
+        out.append(f"{len(skipped)} image(s) were skipped: unreadable, or NaN/Inf model outputs (each listed with its reason in run.json).")
     if run.has_table("group_performance"):
         gp = run.table("group_performance")
         small = gp[gp["small"]]

@@ -120,15 +120,11 @@ def autocast_context(device: str, precision: str):
     return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype)
 
 
-def forward_batch(
-    classifier: Any, adapter: Any, x: Any, row_ids: Sequence[int], *, device: str = "cpu", precision: str = "fp32"
-) -> tuple[np.ndarray, np.ndarray]:
-    """One forward pass: ``x (B, 3, H, W)`` -> ``(probs (B, C), embeddings (B, D))`` float32 numpy.
+def _forward_outputs(classifier: Any, x: Any, *, device: str, precision: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One pass through the tower: ``(probs (B, C), embeddings (B, D), bad (B,) bool)``.
 
+    ``bad`` marks images whose logits or embedding hold NaN/Inf (their probs are not meaningful).
     The model runs under autocast for bf16/fp16; softmax and the outputs are float32.
-
-    Raises:
-        NumericsError: NaN/Inf in the outputs; names the row ids.
     """
     import torch
 
@@ -139,14 +135,57 @@ def forward_batch(
         logits = logits.float()
         emb = emb.float()
         bad = ~(torch.isfinite(logits).all(dim=1) & torch.isfinite(emb).all(dim=1))  # (B,)
-        if bad.any():
-            ids = [int(r) for r, b in zip(row_ids, bad.tolist()) if b]
-            raise NumericsError(
-                f"non-finite model outputs (NaN/Inf) for row ids {ids[:20]}"
-                + ("; reduced precision may be the cause: rerun with --precision fp32" if precision != "fp32" else "")
-            )
         probs = torch.softmax(logits, dim=1)  # (B, C)
-    return probs.cpu().numpy(), emb.cpu().numpy()
+    return probs.cpu().numpy(), emb.cpu().numpy(), bad.cpu().numpy()
+
+
+def _nonfinite_reason(precision: str) -> str:
+    return "non-finite model outputs (NaN/Inf in logits or embedding)" + (
+        f"; {precision} may have overflowed: rerun with --precision fp32" if precision != "fp32" else ""
+    )
+
+
+def forward_batch(
+    classifier: Any, adapter: Any, x: Any, row_ids: Sequence[int], *, device: str = "cpu", precision: str = "fp32"
+) -> tuple[np.ndarray, np.ndarray]:
+    """One forward pass: ``x (B, 3, H, W)`` -> ``(probs (B, C), embeddings (B, D))`` float32 numpy.
+
+    Raises:
+        NumericsError: NaN/Inf in the outputs; names the row ids (see :func:`forward_collated` to
+            record such images as skipped instead).
+    """
+    probs, emb, bad = _forward_outputs(classifier, x, device=device, precision=precision)
+    if bad.any():
+        ids = [int(r) for r, b in zip(row_ids, bad.tolist()) if b]
+        raise NumericsError(f"{_nonfinite_reason(precision)} for row ids {ids[:20]}")
+    return probs, emb
+
+
+def forward_collated(
+    classifier: Any, batch: dict[str, Any], *, device: str, precision: str, skip_bad: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Forward a collated batch (:func:`audit.data.collate_skip_bad`), image by image accountable.
+
+    Returns ``(row_id (b,), probs (b, C), embeddings (b, D), skipped)``: the decoder's skipped rows
+    plus, with ``skip_bad``, the images whose outputs were NaN/Inf (each with its reason). Without
+    ``skip_bad`` such an image raises :class:`NumericsError` naming the row ids and paths.
+    """
+    skipped = list(batch.get("skipped", []))
+    ids = np.asarray([int(r) for r in batch["row_id"]], dtype=np.int64)
+    if ids.size == 0:
+        return ids, np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), skipped
+    probs, emb, bad = _forward_outputs(classifier, batch["image"], device=device, precision=precision)
+    if bad.any():
+        paths = list(batch.get("path") or [""] * ids.size)
+        reason = _nonfinite_reason(precision)
+        if not skip_bad:
+            where = [f"row id {int(r)} ({paths[j]})" for j, r in enumerate(ids.tolist()) if bad[j]]
+            raise NumericsError(f"{reason}: {', '.join(where[:20])}; or pass --skip-bad to record them as skipped")
+        skipped += [{"row": int(r) + 1, "row_id": int(r), "path": paths[j], "reason": reason}
+                    for j, r in enumerate(ids.tolist()) if bad[j]]
+        keep = ~bad
+        ids, probs, emb = ids[keep], probs[keep], emb[keep]
+    return ids, probs, emb, skipped
 
 
 def forward_frame(df: Any) -> Any:
@@ -182,15 +221,19 @@ def forward_rows(
     loader = make_loader(ds, batch_size=batch_size, num_workers=num_workers)
     rows, probs, embs, skipped = [], [], [], []
     for batch in loader:
-        skipped.extend(batch.get("skipped", []))
-        if len(batch["row_id"]) == 0:
-            continue
-        ids = [int(r) for r in batch["row_id"]]
-        p, e = forward_batch(classifier, adapter, batch["image"], ids, device=device, precision=precision)
+        _append_forward(classifier, batch, rows, probs, embs, skipped, device=device, precision=precision,
+                        skip_bad=skip_bad)
+    return _stack_parts(rows, probs, embs, skipped)
+
+
+def _append_forward(classifier: Any, batch: dict[str, Any], rows: list, probs: list, embs: list, skipped: list,
+                    **kw: Any) -> None:
+    ids, p, e, sk = forward_collated(classifier, batch, **kw)
+    skipped.extend(sk)
+    if ids.size:
+        rows.append(ids)
         probs.append(p)
         embs.append(e)
-        rows.append(np.asarray(ids, dtype=np.int64))
-    return _stack_parts(rows, probs, embs, skipped)
 
 
 def _stack_parts(rows: list, probs: list, embs: list, skipped: list) -> dict[str, Any]:
@@ -317,15 +360,8 @@ def local_compute(
     for plan, n_batches in zip(plans, sampler.per_shard):
         rows, probs, embs, skipped = [], [], [], []
         for _ in range(n_batches):
-            batch = next(it)
-            skipped.extend(batch.get("skipped", []))
-            if len(batch["row_id"]) == 0:
-                continue
-            ids = [int(r) for r in batch["row_id"]]
-            p, e = forward_batch(classifier, adapter, batch["image"], ids, device=device, precision=precision)
-            probs.append(p)
-            embs.append(e)
-            rows.append(np.asarray(ids, dtype=np.int64))
+            _append_forward(classifier, next(it), rows, probs, embs, skipped, device=device, precision=precision,
+                            skip_bad=skip_bad)
         yield plan.index, _stack_parts(rows, probs, embs, skipped)
 
 

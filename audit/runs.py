@@ -257,12 +257,19 @@ class Run:
 
     # -- arrays --------------------------------------------------------------------
     def write_maps(self, method: str, maps: Any, row_ids: Any, *, metadata: dict[str, str] | None = None) -> None:
-        """Store final maps (M, gh, gw) as float16 on the patch grid, keyed by row id."""
+        """Store final maps (M, gh, gw) on the patch grid, keyed by row id.
+
+        float16 unless a finite value lies outside float16's range (raw gradient maps can): then
+        float32, so storage never turns a finite value into Inf.
+        """
         import torch
 
         m = maps if isinstance(maps, torch.Tensor) else torch.as_tensor(np.asarray(maps))
         r = row_ids if isinstance(row_ids, torch.Tensor) else torch.as_tensor(np.asarray(row_ids), dtype=torch.int64)
-        write_arrays(self.path / "maps" / f"{method}.safetensors", {"maps": m.to(torch.float16), "row_id": r}, metadata)
+        finite = m[torch.isfinite(m)]
+        fits = finite.numel() == 0 or float(finite.abs().max()) < float(torch.finfo(torch.float16).max)
+        stored = m.to(torch.float16 if fits else torch.float32)
+        write_arrays(self.path / "maps" / f"{method}.safetensors", {"maps": stored, "row_id": r}, metadata)
         if method not in self.meta["methods"]:
             self.meta["methods"].append(method)
 

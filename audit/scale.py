@@ -108,25 +108,24 @@ class ForwardActor:
         ``ok`` (False for a skipped image) and ``reason`` (why it was skipped, else "").
         """
         from audit.data import ImageDataset, collate_skip_bad
-        from audit.pipeline import forward_batch, forward_frame
+        from audit.pipeline import forward_collated, forward_frame
 
         ds = ImageDataset(forward_frame(batch), self.transform, skip_bad=self.config.data.skip_bad)
         b = collate_skip_bad([ds[i] for i in range(len(ds))])
         row_ids = batch["row_id"].to_numpy(dtype=np.int64)
-        ok_ids = [int(r) for r in b["row_id"]]
         n = len(row_ids)
-        if ok_ids:
-            probs, emb = forward_batch(self.classifier, self.adapter, b["image"], ok_ids, device=self.device,
-                                       precision=self.config.run.precision)
-        else:
+        ids, probs, emb, skipped = forward_collated(self.classifier, b, device=self.device,
+                                                    precision=self.config.run.precision,
+                                                    skip_bad=self.config.data.skip_bad)
+        if ids.size == 0:
             n_c = len(self.classifier.class_names or [])
             probs, emb = np.zeros((0, n_c), np.float32), np.zeros((0, 1), np.float32)
-        pos = {r: j for j, r in enumerate(ok_ids)}
+        pos = {int(r): j for j, r in enumerate(ids.tolist())}
         out_p = np.zeros((n, probs.shape[1]), np.float32)
         out_e = np.zeros((n, emb.shape[1]), np.float32)
         ok = np.zeros(n, dtype=bool)
         reason = np.array([""] * n, dtype=object)
-        why = {int(s["row_id"]): str(s["reason"]) for s in b["skipped"]}
+        why = {int(s["row_id"]): str(s["reason"]) for s in skipped}
         for i, r in enumerate(row_ids.tolist()):
             if r in pos:
                 out_p[i] = probs[pos[r]]

@@ -21,6 +21,7 @@ import pandas as pd
 import streamlit as st
 
 from audit.errors import AuditError, RunError
+from audit.explain.quality import map_problem
 from audit.runs import Run
 from dashboards import render
 
@@ -159,6 +160,9 @@ def _overlay(path: str, stamp: int, row_id: int, method: str, size: int, scale: 
     m = store.get(row_id)
     if m is None:
         return None
+    problem = map_problem(m)
+    if problem:  # NaN/Inf or constant: say so, never draw it as a blank or uniform heat map
+        return render.png_bytes(render.placeholder(size)), f"{method}: no usable map — {problem}"
     lo, hi = (store.lo, store.hi) if scale == "run" else (None, None)
     try:
         img = load_image(path, row_id)

@@ -121,3 +121,16 @@ def fmt_p(p: object) -> str:
     if not np.isfinite(v):
         return "–"
     return "<0.001" if v < 0.001 else f"{v:.3f}"
+
+
+def map_image(container: object, img: object, grid_map: np.ndarray, *, size: int, caption: str) -> None:
+    """Draw ``grid_map`` over ``img`` in ``container``; a NaN/Inf or constant map is shown as a
+    placeholder with the reason, never as a blank or uniform heat map."""
+    from dashboards import render
+
+    problem = cache.map_problem(grid_map)
+    if problem:
+        container.image(render.png_bytes(render.placeholder(size)), caption=caption)  # type: ignore[attr-defined]
+        container.warning(esc(f"no usable map: {problem}"))  # type: ignore[attr-defined]
+        return
+    container.image(render.png_bytes(render.overlay(img, grid_map, size=size)), caption=caption)  # type: ignore[attr-defined]

@@ -874,7 +874,7 @@ def load_manifest(
         if full is not None and full in checks:
             c = checks[full]
             if c.reason is not None:
-                extra = f" (looked for {full})" if "not found" in c.reason else ""
+                extra = f" (looked for {full}){_encoding_hint(full)}" if "not found" in c.reason else ""
                 add(i, raw_paths[i], c.reason + extra)
             elif c.info is not None:
                 suffix = Path(full).suffix
@@ -1057,3 +1057,20 @@ def make_sample_images(directory: str | os.PathLike[str], n: int = 8, seed: int 
     manifest = out / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     return manifest
+
+
+def _encoding_hint(full: str) -> str:
+    """Why a path may be "not found" although the file is there: its name on disk is not UTF-8
+    (e.g. latin-1 bytes from an old archive), or the manifest was decoded with the wrong encoding."""
+    for enc in ("latin-1", "cp1252"):
+        try:
+            raw = full.encode(enc)
+        except UnicodeEncodeError:
+            continue
+        if raw != full.encode("utf-8", "surrogateescape") and os.path.exists(raw):
+            return (
+                f"; a file whose name is these characters in {enc} bytes exists ({raw!r}): either the manifest "
+                f"was read with the wrong encoding (pass encoding=...), or rename the file to UTF-8 "
+                f"(e.g. convmv -f {enc} -t utf-8 --notest)"
+            )
+    return ""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from audit.errors import ExplainError, NumericsError, UsageError
+from audit.errors import ExplainError, UsageError
 from audit.explain.targets import Target, default_target
 from audit.explain.types import Explanation, collect_extras
 from audit.registry import METHODS
@@ -66,12 +66,13 @@ def explain(
         **params: method parameters (e.g. ``n_steps=32``, ``start_layer=1``, ``baseline="blur"``).
 
     Returns:
-        An :class:`Explanation` with raw float32 maps on the patch grid.
+        An :class:`Explanation` with raw float32 maps on the patch grid. A map with NaN/Inf
+        (e.g. an fp16 overflow in the gradients) or a constant map is kept as computed and named
+        per image in ``Explanation.problems`` (``valid`` is False there); it is never drawn.
 
     Raises:
         UsageError: unknown method name (the message lists the known ones) or unsupported input size.
         ExplainError: the method cannot run with this model/target/parameters.
-        NumericsError: the method produced NaN or Inf.
     """
     fn = METHODS.get(method)
     uses_target = not (getattr(fn, "target_free", False) or method in _TARGET_FREE)
@@ -105,8 +106,6 @@ def explain(
             f"method {method!r} returned {got}; registered methods must return (B, gh, gw) = "
             f"{(images.shape[0], *layout.grid)}"
         )
-    if not torch.isfinite(maps).all():
-        raise NumericsError(f"method {method!r} produced NaN or Inf maps for {adapter.spec}")
     used = {**params, **extras.get("params", {}), "seed": seed}
     attention = _pooled_attention(adapter, images) if keep_attention else None
     return Explanation(

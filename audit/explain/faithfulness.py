@@ -329,8 +329,12 @@ def faithfulness_table(
     """The run's ``faithfulness`` table for one method and batch (RUN_FORMAT.md columns).
 
     Columns: row_id, method, deletion_auc, insertion_auc, random_deletion_auc, random_insertion_auc,
-    pointing_hit (bool or None), mass_in_mask (float or None), target_class.
+    pointing_hit (bool or None), mass_in_mask (float or None), target_class, map_problem ("" or why
+    the map was not scored: NaN/Inf or constant; its scores are then NaN/None, never a number made
+    up from an arbitrary deletion order).
     """
+    from audit.explain.quality import map_problems
+
     images = images.detach().to(adapter.device)
     target = _class_target(adapter, target, images)
     kw = {"target": target, "steps": steps, "baseline": baseline, "batch_size": batch_size}
@@ -360,4 +364,12 @@ def faithfulness_table(
         mass = mass_in_mask(maps, masks)
         df["pointing_hit"] = [None if np.isnan(v) else bool(v) for v in hits]
         df["mass_in_mask"] = [None if np.isnan(v) else float(v) for v in mass]
+    problems = map_problems(maps)
+    df["map_problem"] = problems
+    bad = np.asarray([bool(p) for p in problems])
+    if bad.any():
+        df.loc[bad, ["deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc"]] = np.nan
+        for col in ("pointing_hit", "mass_in_mask"):
+            df[col] = df[col].astype(object)
+            df.loc[bad, col] = None
     return df

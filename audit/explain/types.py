@@ -86,6 +86,8 @@ class Explanation:
     text_relevance: list[tuple[list[str], list[float]]] | None = None
     images: torch.Tensor | None = field(default=None, repr=False)  # (B, 3, H, W) in [0, 1]
     attention: torch.Tensor | None = field(default=None, repr=False)  # (B, L, heads, gh, gw)
+    #: per image, ``""`` or why the map is not usable (NaN/Inf, constant); set from ``grid_maps``
+    problems: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         gh, gw = self.layout.grid
@@ -97,6 +99,15 @@ class Explanation:
         self.grid_maps = self.grid_maps.detach().float().cpu()
         if self.pixel_maps is not None:
             self.pixel_maps = self.pixel_maps.detach().float().cpu()
+        from audit.explain.quality import map_problems
+
+        self.problems = map_problems(self.grid_maps)
+
+    # -- validity ----------------------------------------------------------------------
+    @property
+    def valid(self) -> torch.Tensor:
+        """``(B,)`` bool: False where the map is NaN/Inf or constant (see :attr:`problems`)."""
+        return torch.tensor([not p for p in self.problems], dtype=torch.bool)
 
     # -- derived views ---------------------------------------------------------------
     @property
@@ -144,6 +155,7 @@ class Explanation:
             "input_size": list(self.input_size),
             "layout": self.layout.to_dict(),
             "timing_s": self.timing_s,
+            "problems": {i: p for i, p in enumerate(self.problems) if p},
         }
 
     # -- notebook display ------------------------------------------------------------------
@@ -156,6 +168,14 @@ class Explanation:
         axes = fig.subplots(1, n, squeeze=False)[0]
         shown = self.normalized(at_input=True)[:n].numpy()
         for i, ax in enumerate(axes):
+            if self.problems[i]:  # never draw a NaN or constant map as if it were an explanation
+                if self.images is not None:
+                    ax.imshow(self.images[i].permute(1, 2, 0).clamp(0, 1).float().numpy(), alpha=0.35)
+                ax.text(0.5, 0.5, "no map:\n" + self.problems[i].split(":")[0], ha="center", va="center",
+                        fontsize=7, color="darkred", transform=ax.transAxes, wrap=True)
+                ax.set_axis_off()
+                ax.set_title(f"{i}: invalid", fontsize=7)
+                continue
             if self.images is not None:
                 ax.imshow(self.images[i].permute(1, 2, 0).clamp(0, 1).float().numpy())
                 ax.imshow(shown[i], cmap=cmap, alpha=alpha)

@@ -63,6 +63,8 @@ else:
                 col.caption(f"{m}: not stored for this image")
             else:
                 col.image(res[0], caption=m)
+                if res[1]:
+                    col.warning(esc(res[1]))
     else:
         st.info(f"Row {row_id} is not in the projection.")
 

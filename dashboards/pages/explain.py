@@ -9,8 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from audit.errors import AuditError
-from dashboards import cache, render
-from dashboards.ui import current_run, esc
+from dashboards import cache
+from dashboards.ui import current_run, esc, map_image
 
 PER_PAGE = 12
 path, run = current_run()
@@ -122,7 +122,9 @@ for m, col in zip(methods, cols[1:]):
             st.info(f"{esc(m)}: no stored map for this image")
             continue
         st.image(res[0], caption=m)
-        if not faith.empty and m in faith.index:
+        if res[1]:
+            st.warning(esc(res[1]))
+        if not faith.empty and m in faith.index and pd.notna(faith.loc[m, "deletion_auc"]):
             f = faith.loc[m]
             st.text(f"deletion AUC {float(f['deletion_auc']):.3f} (random {float(f['random_deletion_auc']):.3f})\n"
                     f"insertion AUC {float(f['insertion_auc']):.3f} (random {float(f['random_insertion_auc']):.3f})")
@@ -150,7 +152,7 @@ if stored_layers:
             img = cache.load_image(path, row_id)
             hc = st.columns(min(8, heads.shape[0]))
             for h in range(heads.shape[0]):
-                hc[h % len(hc)].image(render.png_bytes(render.overlay(img, heads[h], size=96)), caption=f"head {h}")
+                map_image(hc[h % len(hc)], img, heads[h], size=96, caption=f"head {h}")
 
 # -- live: attention per layer and head, rollout start layer, CLIP prompt ----------------------------------
 st.subheader("Live probing")
@@ -172,18 +174,16 @@ if live:
         except AuditError as e:
             st.error(esc(e))
         else:
-            st.image(render.png_bytes(render.overlay(img, roll, size=cache.OVERLAY)),
-                     caption=f"rollout from layer {start} ({fusion} over heads)")
+            map_image(st, img, roll, size=cache.OVERLAY, caption=f"rollout from layer {start} ({fusion} over heads)")
             st.markdown(f"**Layer {layer}: attention of the pooled token, per head**")
             heads = att[layer]  # (H, gh, gw)
             hc = st.columns(min(8, heads.shape[0]))
             for h in range(heads.shape[0]):
-                hc[h % len(hc)].image(render.png_bytes(render.overlay(img, heads[h], size=96)), caption=f"head {h}")
+                map_image(hc[h % len(hc)], img, heads[h], size=96, caption=f"head {h}")
             st.markdown("**Mean over heads, per layer**")
             lcols = st.columns(min(8, att.shape[0]))
             for li in range(att.shape[0]):
-                lcols[li % len(lcols)].image(render.png_bytes(render.overlay(img, att[li].mean(0), size=96)),
-                                             caption=f"layer {li}")
+                map_image(lcols[li % len(lcols)], img, att[li].mean(0), size=96, caption=f"layer {li}")
         if run.kind == "clip":
             st.markdown("**Text prompt (CLIP)**")
             prompt = st.text_input("prompt", value="a photo of a " + str(row.get("label") or "thing"),
@@ -196,8 +196,7 @@ if live:
                     st.error(esc(e))
                 else:
                     pc1, pc2 = st.columns([1, 2])
-                    pc1.image(render.png_bytes(render.overlay(img, pmap, size=cache.OVERLAY)),
-                              caption="image-side relevance (GAE)")
+                    map_image(pc1, img, pmap, size=cache.OVERLAY, caption="image-side relevance (GAE)")
                     tok = pd.DataFrame({"token": words, "relevance": rel})
                     pc2.dataframe(tok, hide_index=True, width="stretch", key="ex_token_rel",
                                   column_config={"relevance": st.column_config.ProgressColumn(

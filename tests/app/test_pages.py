@@ -142,6 +142,26 @@ def test_explain_shows_every_method_with_its_faithfulness(app, clf_run: Run) -> 
     assert info["pred"].iloc[0] == pred.loc[row_id, "pred"]
 
 
+def test_explain_names_unusable_maps_instead_of_drawing_them(app, clf_run: Run, tmp_path) -> None:
+    import shutil
+
+    path = tmp_path / "nan-maps"
+    shutil.copytree(clf_run.path, path)
+    run = Run.open(path)
+    m_nan, m_flat = run.methods[:2]
+    maps, rows = run.maps(m_nan)
+    run.write_maps(m_nan, np.full(maps.shape, np.nan, np.float32), rows)  # every map overflowed
+    maps, rows = run.maps(m_flat)
+    run.write_maps(m_flat, np.zeros(maps.shape, np.float32), rows)  # every map without signal
+    run.save_meta()
+    at = app(run, page="pages/explain.py")
+    no_exception(at)
+    warnings = [w.value.replace("\\", "") for w in at.warning]  # shown escaped (never as markup)
+    assert any(w.startswith(f"{m_nan}: no usable map") and "NaN/Inf" in w for w in warnings), warnings
+    assert any(w.startswith(f"{m_flat}: no usable map") and "constant map" in w for w in warnings), warnings
+    assert len(at.image) == 12 + 1 + len(run.methods)  # a placeholder stands where the map would be
+
+
 def test_explain_next_and_filters(app, clf_run: Run) -> None:
     at = app(clf_run, page="pages/explain.py")
     stored = set(clf_run.maps(clf_run.methods[0])[1].tolist())

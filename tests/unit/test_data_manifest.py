@@ -266,6 +266,21 @@ def test_non_utf8_csv(tmp_path: Path) -> None:
         load_manifest(csv, encoding="klingon")
 
 
+def test_file_name_not_utf8_on_disk_is_explained(tmp_path: Path) -> None:
+    """A file whose name on disk is latin-1 bytes: "not found", with the reason and the fix."""
+    img(tmp_path / "a.png")
+    src = img(tmp_path / "tmp.png")
+    os.rename(bytes(src), bytes(tmp_path) + b"/Jos\xe9.png")  # not valid UTF-8
+    csv = write_csv(tmp_path / "m.csv", "path,g\na.png,x\nJosé.png,y\n")
+    with pytest.raises(ManifestError) as ei:
+        load_manifest(csv, columns={"groups": ["g"]})
+    (problem,) = ei.value.problems
+    assert problem.startswith("row 2, file 'José.png': file not found")
+    assert "in latin-1 bytes exists (b'" in problem and "Jos\\xe9.png" in problem and "convmv -f latin-1" in problem
+    m = load_manifest(csv, columns={"groups": ["g"]}, skip_bad=True)
+    assert m.df["g"].tolist() == ["x"] and len(m.skipped) == 1 and "convmv" in m.skipped[0]["reason"]
+
+
 def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
     img(tmp_path / "a.png")
     csv = tmp_path / "bom.csv"
