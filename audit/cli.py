@@ -204,17 +204,30 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     app = Path(__file__).resolve().parent.parent / "dashboards" / "app.py"
     if not app.is_file():
         raise UsageError(f"dashboard app not found at {app}; install vision-audit from a source checkout")
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", str(app),
-        "--server.address", args.host, "--server.port", str(args.port),
-        "--server.headless", "true", "--browser.gatherUsageStats", "false",
-        "--", *[str(r) for r in runs],
-    ]
+    cmd = streamlit_command(app, host=args.host, port=args.port, runs=runs)
     if args.policy:
         cmd += ["--policy", str(args.policy.resolve())]
     print(f"dashboard on http://{args.host}:{args.port}  (Ctrl+C to stop)")
     env = dict(os.environ)
     return subprocess.call(cmd, env=env)
+
+
+#: Streamlit settings the dashboard always runs with (its config.toml is only read when Streamlit is
+#: started from dashboards/, so they are passed on the command line).
+STREAMLIT_FLAGS = (
+    "--server.headless", "true",
+    "--browser.gatherUsageStats", "false",
+    "--server.maxUploadSize", "1",  # MiB; the only upload is a label-set YAML (the page caps it at 64 KiB)
+    "--server.enableXsrfProtection", "true",
+    "--client.showErrorDetails", "type",  # no tracebacks with local paths in the browser
+    "--client.toolbarMode", "minimal",
+)
+
+
+def streamlit_command(app: Path, *, host: str, port: int, runs: Sequence[Path | str], extra: Sequence[str] = ()) -> list[str]:
+    """``streamlit run app`` bound to ``host:port`` with :data:`STREAMLIT_FLAGS`, then ``-- runs``."""
+    return [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", host, "--server.port", str(port),
+            *STREAMLIT_FLAGS, *extra, "--", *[str(r) for r in runs]]
 
 
 if __name__ == "__main__":  # pragma: no cover

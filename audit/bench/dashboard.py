@@ -196,10 +196,10 @@ def serve(runs: Sequence[str | os.PathLike[str]], *, port: int | None = None, po
         UsageError: the server did not come up within ``timeout`` seconds (its log is quoted).
     """
     port = port or free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", "127.0.0.1",
-           "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none", "--server.runOnSave", "false", "--",
-           *[str(r) for r in runs]]
+    from audit.cli import streamlit_command
+
+    cmd = streamlit_command(APP, host="127.0.0.1", port=port, runs=runs,
+                            extra=("--server.fileWatcherType", "none", "--server.runOnSave", "false"))
     if policy:
         cmd += ["--policy", str(policy)]
     log = open(log_path, "w+b") if log_path else tempfile.TemporaryFile()  # noqa: SIM115

@@ -168,6 +168,15 @@ def load_set(name_or_path: str | Path) -> LabelSet | QuerySet | WeatSet | Templa
             raise ConfigError(f"unknown set {s!r}; shipped sets: {shipped_sets()} (or pass a path to a YAML file)")
         text = res.read_text(encoding="utf-8")
         where = f"audit/stats/data/{s}.yaml"
+    return parse_set_text(text, where)
+
+
+def parse_set_text(text: str, where: str) -> LabelSet | QuerySet | WeatSet | TemplateSet:
+    """Validate a set given as YAML text; ``where`` names its source in error messages.
+
+    Raises:
+        ConfigError: invalid YAML (safe loader only), not a mapping, or a field that fails validation.
+    """
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -4,9 +4,6 @@ run's text tower."""
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -14,10 +11,9 @@ import streamlit as st
 from audit.errors import AuditError
 from audit.viz.figures import interval_plot
 from dashboards import cache
+from dashboards.labelsets import parse_label_lines, read_uploaded_set
 from dashboards.ui import alpha, current_run, esc, min_group_size
 
-KINDS = ("class", "harmful", "group", "neutral")
-MAX_UPLOAD = 64 * 1024  # bytes: a label-set YAML is a few hundred bytes
 DEFAULT_LABELS = "circle\nsquare\ntriangle\ncross\ncriminal | harmful\nthief | harmful\nobject | neutral"
 
 path, run = current_run()
@@ -29,44 +25,6 @@ if run.kind != "clip":
 groups = run.group_columns
 a = alpha(run)
 min_n = min_group_size(run)
-
-
-def parse_label_lines(text: str) -> pd.DataFrame:
-    """Lines ``label`` or ``label | kind`` -> DataFrame(label, kind). Raises ValueError naming the line."""
-    rows: list[tuple[str, str]] = []
-    for i, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        label, _, kind = (s.strip() for s in line.partition("|"))
-        kind = kind or "class"
-        if not label:
-            raise ValueError(f"line {i}: empty label")
-        if kind not in KINDS:
-            raise ValueError(f"line {i}: kind {kind!r} is not one of {', '.join(KINDS)}")
-        rows.append((label, kind))
-    if len(rows) < 2:
-        raise ValueError("give at least two labels, one per line")
-    if len({r[0] for r in rows}) != len(rows):
-        raise ValueError("labels must be distinct")
-    return pd.DataFrame(rows, columns=["label", "kind"])
-
-
-def read_uploaded_set(data: bytes, name: str) -> tuple[pd.DataFrame, str]:
-    """An uploaded label-set YAML -> (labels with prompts, set name), via audit.stats.sets."""
-    if len(data) > MAX_UPLOAD:
-        raise ValueError(f"{name} is {len(data):,} bytes; label-set files may be at most {MAX_UPLOAD:,} bytes")
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{name} is not UTF-8 text") from e
-    from audit.stats.sets import load_set
-
-    with tempfile.TemporaryDirectory() as tmp:
-        p = Path(tmp) / "label_set.yaml"
-        p.write_bytes(data)
-        ls = load_set(p)
-        return ls.labels_frame(), str(getattr(ls, "name", name))
 
 
 # -- stored results ------------------------------------------------------------------------------------

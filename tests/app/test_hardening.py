@@ -1,0 +1,78 @@
+"""Dashboard hardening that AppTest cannot drive: the launch command and label-set uploads."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from audit.cli import main
+from audit.errors import ConfigError
+from audit.runs import Run
+from dashboards.labelsets import MAX_UPLOAD, parse_label_lines, read_uploaded_set
+
+GOOD = b"""type: labels
+name: mine
+source: test
+labels:
+  - {text: a photo of a cat, kind: class}
+  - {text: a photo of a thief, kind: harmful}
+"""
+
+
+def _launch(monkeypatch: pytest.MonkeyPatch, *argv: str) -> list[str]:
+    seen: list[list[str]] = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd, env=None: seen.append(list(cmd)) or 0)
+    assert main(["dashboard", *argv]) == 0
+    (cmd,) = seen
+    return cmd
+
+
+def _flag(cmd: list[str], name: str) -> str:
+    return cmd[cmd.index(name) + 1]
+
+
+def test_dashboard_binds_localhost_and_caps_uploads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    run = Run.create(tmp_path / "r")
+    cmd = _launch(monkeypatch, str(run.path))
+    assert _flag(cmd, "--server.address") == "127.0.0.1"
+    assert _flag(cmd, "--server.maxUploadSize") == "1"
+    assert _flag(cmd, "--server.enableXsrfProtection") == "true"
+    assert _flag(cmd, "--client.showErrorDetails") == "type"
+    assert cmd[cmd.index("--") + 1:] == [str(run.path.resolve())]  # only the runs given at start
+    cmd = _launch(monkeypatch, "--host", "0.0.0.0", str(run.path))
+    assert _flag(cmd, "--server.address") == "0.0.0.0"
+
+
+def test_dashboard_refuses_a_directory_that_is_not_a_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(subprocess, "call", lambda *a, **k: pytest.fail("server must not start"))
+    assert main(["dashboard", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_uploaded_label_set_is_checked() -> None:
+    labels, name = read_uploaded_set(GOOD, "mine.yaml")
+    assert name == "mine" and labels["kind"].tolist() == ["class", "harmful"]
+    assert labels["prompt"].tolist() == labels["label"].tolist() == ["a photo of a cat", "a photo of a thief"]
+    with pytest.raises(ValueError, match=r"evil\.py: a label set must be a \.yaml or \.yml file"):
+        read_uploaded_set(GOOD, "evil.py")
+    with pytest.raises(ValueError, match=f"at most {MAX_UPLOAD:,} bytes"):
+        read_uploaded_set(GOOD + b"#" * MAX_UPLOAD, "big.yaml")
+    with pytest.raises(ValueError, match=r"not UTF-8 text \(byte 0\)"):
+        read_uploaded_set(b"\xff\xfe", "x.yaml")
+    with pytest.raises(ConfigError, match="uploaded file x.yaml: invalid YAML"):  # safe loader: no python tags
+        read_uploaded_set(b"!!python/object/apply:os.system ['echo pwned']", "x.yaml")
+    with pytest.raises(ConfigError, match=r"uploaded file x\.yaml: invalid set: labels\.1\.kind"):
+        read_uploaded_set(GOOD.replace(b"kind: harmful", b"kind: evil"), "x.yaml")
+    with pytest.raises(ValueError, match="is a WeatSet, not a label set"):
+        read_uploaded_set((Path(__file__).parents[2] / "audit/stats/data/weat_caliskan.yaml").read_bytes(), "w.yaml")
+
+
+def test_typed_label_lines_name_the_bad_line() -> None:
+    assert parse_label_lines("cat\n# comment\nthief | harmful\n")["kind"].tolist() == ["class", "harmful"]
+    with pytest.raises(ValueError, match="line 2: kind 'evil'"):
+        parse_label_lines("cat\ndog | evil\n")
+    with pytest.raises(ValueError, match="distinct"):
+        parse_label_lines("cat\ncat\n")
