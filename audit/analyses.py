@@ -178,24 +178,43 @@ def explanations(ctx: Context) -> None:
     quality_rows: list[dict[str, Any]] = []
     total = len(methods) * len(rows)
     done = 0
+    cache_root = ctx.config.run.cache_dir
+    hashes: list[str] | None = None
+    if cache_root is not None:  # maps are reused across runs: keyed by image content and explained class
+        from audit.cache import content_hashes
+
+        hashes = content_hashes(ctx.samples.set_index("row_id").loc[rows, "path"].astype(str).tolist())
     for m in methods:
-        parts = []
-        for s in range(0, len(rows), bs):
-            xb = x_all[s : s + bs]
-            tb = ClassTarget(index=pred_idx[s : s + bs])
-            e = explain(ctx.classifier, xb, method=m, target=tb, seed=ctx.config.stats.seed, **ex.params.get(m, {}))
-            parts.append(e.grid_maps.detach().float().cpu())
-            if ex.faithfulness:
+        params = ex.params.get(m, {})
+
+        def compute(idx: np.ndarray, m: str = m, params: dict = params) -> dict[str, np.ndarray]:
+            nonlocal done
+            parts = []
+            for s in range(0, len(idx), bs):
+                sel = idx[s : s + bs]
+                e = explain(ctx.classifier, x_all[sel], method=m, target=ClassTarget(index=[pred_idx[i] for i in sel]),
+                            seed=ctx.config.stats.seed, **params)
+                parts.append(e.grid_maps.detach().float().cpu().numpy())
+                done += len(sel)
+                ctx.progress("explain", done, total)
+            return {"maps": np.concatenate(parts)}
+
+        before = done
+        maps = torch.from_numpy(_maps_through_cache(ctx, m, params, rows, pred_idx, hashes, tuple(x_all.shape[-2:]),
+                                                    compute))  # (M, gh, gw)
+        done = before + len(rows)  # cached rows count as done
+        ctx.progress("explain", done, total)
+        if ex.faithfulness:
+            for s in range(0, len(rows), bs):
+                tb = ClassTarget(index=pred_idx[s : s + bs])
                 faith_frames.append(
                     faithfulness_table(
-                        ctx.classifier, xb, e.grid_maps, method=m, target=tb, row_ids=rows[s : s + bs],
-                        masks=None if masks_all is None else masks_all[s : s + bs], steps=ex.faithfulness_steps,
-                        baseline=ex.baseline, seed=ctx.config.stats.seed + s, tolerance_px=tolerance,
+                        ctx.classifier, x_all[s : s + bs], maps[s : s + bs], method=m, target=tb,
+                        row_ids=rows[s : s + bs], masks=None if masks_all is None else masks_all[s : s + bs],
+                        steps=ex.faithfulness_steps, baseline=ex.baseline, seed=ctx.config.stats.seed + s,
+                        tolerance_px=tolerance,
                     )
                 )
-            done += len(xb)
-            ctx.progress("explain", done, total)
-        maps = torch.cat(parts)  # (M, gh, gw)
         problems = map_problems(maps)
         bad = [i for i, p in enumerate(problems) if p]
         if bad:
@@ -249,6 +268,37 @@ def explanations(ctx: Context) -> None:
         if frames:
             ctx.run.write_table("region_mass", pd.concat(frames, ignore_index=True))
     ctx.run.save_meta()
+
+
+def _maps_through_cache(ctx: Context, method: str, params: dict[str, Any], rows: np.ndarray, pred_idx: list[int],
+                        hashes: list[str] | None, input_size: tuple[int, int],
+                        compute: Callable[[np.ndarray], dict[str, np.ndarray]]) -> np.ndarray:
+    """Maps ``(M, gh, gw)`` float32 for ``rows``: from ``run.cache_dir`` where an earlier run stored
+    them (same model, preprocessing, method, parameters, seed, image bytes and explained class),
+    the rest computed by ``compute(positions)`` and stored. Without a cache everything is computed.
+
+    Random methods (GradientShap, SmoothGrad) are seeded per call, so a cached map can differ from
+    a recomputed one by the batch it was computed in; deterministic methods give identical maps.
+    """
+    import sqlite3
+
+    from audit.cache import cached_rows, map_cache, map_keys
+
+    if hashes is None:
+        return compute(np.arange(len(rows)))["maps"]
+    try:
+        cache = map_cache(ctx.config.run.cache_dir, adapter=ctx.adapter, classifier=ctx.classifier, method=method,
+                          params=params, seed=ctx.config.stats.seed, device=ctx.device,
+                          precision=ctx.config.run.precision, input_size=input_size)
+        keys = map_keys(hashes, pred_idx)
+        found = int(cache.contains(keys).sum())
+        out = cached_rows(cache, keys, compute)["maps"]
+    except (OSError, sqlite3.Error) as exc:  # an unusable cache never stops the run
+        ctx.log(f"map cache for {method} unusable ({exc}); computing without it")
+        return compute(np.arange(len(rows)))["maps"]
+    if found:
+        ctx.log(f"{method}: {found} of {len(rows)} maps reused from the cache at {cache.path}")
+    return out
 
 
 def _faith_summary(faith: Any, seed: int):

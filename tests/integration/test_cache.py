@@ -17,16 +17,16 @@ from .conftest import make_dataset, parse
 
 @pytest.fixture
 def count_forward(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Count images passed through the model (forward_batch is the only way to the model)."""
+    """Count images passed through the model (_forward_outputs is the only way to the model)."""
     calls = {"batches": 0, "images": 0}
-    real = pl.forward_batch
+    real = pl._forward_outputs
 
-    def counting(classifier, adapter, x, row_ids, **kw):
+    def counting(classifier, x, **kw):
         calls["batches"] += 1
-        calls["images"] += len(row_ids)
-        return real(classifier, adapter, x, row_ids, **kw)
+        calls["images"] += int(x.shape[0])
+        return real(classifier, x, **kw)
 
-    monkeypatch.setattr(pl, "forward_batch", counting)
+    monkeypatch.setattr(pl, "_forward_outputs", counting)
     return calls
 
 
@@ -171,3 +171,42 @@ def test_map_cache_reuses_explanations(tmp_path: Path) -> None:
     np.testing.assert_allclose(again, direct.detach().float().numpy(), atol=1e-6)
     cached_rows(cache({"discard_ratio": 0.5}), keys[:2], compute)  # other params: other namespace
     assert calls[-1] == [0, 1]
+
+
+def test_second_run_reuses_explanation_maps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline's explanation stage goes through the map cache: a second run of the same images
+    calls the method for no image and stores the same maps and faithfulness scores."""
+    from audit.config import parse_config
+    from audit.registry import METHODS
+
+    from .conftest import config_dict
+
+    calls = {"images": 0}
+    real = METHODS.get("rollout")
+
+    def counting(adapter, images, **kw):
+        calls["images"] += int(images.shape[0])
+        return real(adapter, images, **kw)
+
+    counting.target_free = True  # type: ignore[attr-defined]
+    monkeypatch.setitem(METHODS._items, "rollout", counting)
+    manifest = make_dataset(tmp_path / "data", 10)
+
+    def cfg(out: str, cache: bool) -> dict:
+        c = config_dict(manifest, tmp_path / out, batch_size=4, **({"cache_dir": str(tmp_path / "cache")} if cache else {}))
+        c["explain"] = {"methods": ["rollout"], "max_images": 8, "faithfulness": True, "faithfulness_steps": 4,
+                        "sanity": False}
+        return c
+
+    first = run_audit(parse_config(cfg("run1", True)))
+    assert calls["images"] == 8
+    second = run_audit(parse_config(cfg("run2", True)))
+    assert calls["images"] == 8  # every map came from the cache
+    m1, r1 = first.maps("rollout")
+    m2, r2 = second.maps("rollout")
+    np.testing.assert_array_equal(r1, r2)
+    np.testing.assert_array_equal(m1, m2)
+    assert second.table("faithfulness").equals(first.table("faithfulness"))
+    fresh = run_audit(parse_config(cfg("run3", False)))  # no cache: computed again, same maps
+    assert calls["images"] == 16
+    np.testing.assert_allclose(fresh.maps("rollout")[0].astype(np.float32), m1.astype(np.float32), atol=1e-3)
