@@ -211,13 +211,16 @@ def ray_compute(
         ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = False
         try:
-            parts = [g.reset_index(drop=True) for _, g in frame.groupby("_shard", sort=False)]
+            # blocks of two batches (never across a shard): a shard alone would feed a single actor
+            step = 2 * config.run.batch_size
+            parts = [g.iloc[s : s + step].reset_index(drop=True)
+                     for _, g in frame.groupby("_shard", sort=False) for s in range(0, len(g), step)]
             ds = ray.data.from_pandas(parts)
             cuda = device.startswith("cuda")
             cpus = float(ray.cluster_resources().get("CPU", 1))
             gpus = float(ray.cluster_resources().get("GPU", 0))
             n_batches = max(1, -(-len(frame) // config.run.batch_size))
-            # no more actors than input blocks (one per shard): Ray warns about idle minimum actors
+            # no more actors than input blocks: Ray warns about idle minimum actors
             pool = int(max(1, min(n_batches, len(parts), gpus if cuda and gpus else cpus)))
             out = ds.map_batches(
                 ForwardActor,

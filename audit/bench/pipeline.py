@@ -14,7 +14,8 @@
 Each timing is the median of ``--repeats`` runs, alternating the contenders.
 
 Example:
-    vision-audit bench pipeline --images 512 --repeats 3 --rss-sizes 2000,20000
+    vision-audit bench pipeline --images 256 --repeats 3 --rss-sizes 2000,20000
+    vision-audit bench pipeline --model tiny-64 --images 512 --skip ray,rss
 """
 
 from __future__ import annotations
@@ -34,9 +35,16 @@ from typing import Any
 import numpy as np
 
 CLASSES = ["a", "b", "c"]
-#: the timed model: ViT-Tiny width, 6 blocks, 64x64 input, 8x8 patches (65 tokens)
-BENCH_MODEL: dict[str, Any] = {"pretrained": False, "img_size": 64, "patch_size": 8, "embed_dim": 192, "depth": 6,
-                               "num_heads": 3, "num_classes": 3}
+#: the timed models (``--model``): name -> (timm spec, options, JPEG side in px)
+BENCH_MODELS: dict[str, tuple[str, dict[str, Any], int]] = {
+    # a real audit's model: ViT-S/16 at 224 px (random weights: speed does not depend on them),
+    # from 256-px JPEGs resized and centre-cropped as timm's eval preprocessing does
+    "vit-s16-224": ("timm:vit_small_patch16_224", {"pretrained": False, "num_classes": 3}, 256),
+    # a stress case for the data path: a small ViT (64 px, 192 wide, 6 blocks) on 64-px JPEGs,
+    # where decoding costs about a tenth of the model's time
+    "tiny-64": ("timm:vit_tiny_patch16_224", {"pretrained": False, "img_size": 64, "patch_size": 8, "embed_dim": 192,
+                                              "depth": 6, "num_heads": 3, "num_classes": 3}, 64),
+}
 #: the memory benchmark's model (memory growth, not compute, is measured)
 RSS_MODEL: dict[str, Any] = {"pretrained": False, "img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2,
                              "num_heads": 2, "num_classes": 3}
@@ -65,11 +73,11 @@ def make_jpegs(root: Path, n: int, *, size: int, seed: int = 0) -> Path:
     return csv
 
 
-def _config(manifest: Path, out: Path, model: dict[str, Any], **run: Any):
+def _config(manifest: Path, out: Path, model: dict[str, Any], *, spec: str = "timm:vit_tiny_patch16_224", **run: Any):
     from audit.config import parse_config
 
     return parse_config({
-        "model": {"spec": "timm:vit_tiny_patch16_224", "class_names": CLASSES, "options": model},
+        "model": {"spec": spec, "class_names": CLASSES, "options": model},
         "data": {"manifest": str(manifest), "columns": {"groups": ["group"]}},
         "explain": {"methods": [], "faithfulness": False, "sanity": False},
         "stats": {"n_boot": 50, "n_perm": 50, "embeddings": False, "intersections": False},
@@ -91,19 +99,22 @@ def _forward_once(config: Any, df: Any, adapter: Any, classifier: Any, out: Path
     return time.perf_counter() - t0
 
 
-def bench_throughput(work: Path, *, n: int, batch_size: int, workers: int, repeats: int, ray: bool) -> dict[str, Any]:
+def bench_throughput(work: Path, *, n: int, batch_size: int, workers: int, repeats: int, ray: bool,
+                     model: str = "vit-s16-224") -> dict[str, Any]:
     import torch
 
     from audit.data import ImageDataset, load_manifest
     from audit.pipeline import forward_batch, forward_frame, load_classifier
 
-    manifest = make_jpegs(work / "jpeg64", n, size=64)
-    cfg = _config(manifest, work / "out", BENCH_MODEL, batch_size=batch_size, num_workers=workers, shard_size=256)
+    spec, options, side = BENCH_MODELS[model]
+    manifest = make_jpegs(work / f"jpeg{side}", n, size=side)
+    cfg = _config(manifest, work / "out", options, spec=spec, batch_size=batch_size, num_workers=workers,
+                  shard_size=256)
     df = load_manifest(manifest, columns={"groups": ["group"]}).df
     torch.manual_seed(0)
     adapter, classifier = load_classifier(cfg, CLASSES)
     ds = ImageDataset(forward_frame(df), adapter.preprocess.transform())
-    x = torch.stack([ds[i]["image"] for i in range(len(ds))])  # (N, 3, 64, 64), decoded once, untimed
+    x = torch.stack([ds[i]["image"] for i in range(len(ds))])  # (N, 3, H, W), decoded once, untimed
     ids = list(range(n))
 
     def in_memory() -> float:
@@ -118,7 +129,8 @@ def bench_throughput(work: Path, *, n: int, batch_size: int, workers: int, repea
     for _ in range(repeats):
         t_mem.append(in_memory())
         t_disk.append(_forward_once(cfg, df, adapter, classifier, work / "out"))
-    result = {"n": n, "batch_size": batch_size, "workers": workers, "model": BENCH_MODEL,
+    result = {"n": n, "batch_size": batch_size, "workers": workers, "model": model, "spec": spec, "options": options,
+              "jpeg_px": side,
               "in_memory_ips": n / statistics.median(t_mem), "disk_ips": n / statistics.median(t_disk)}
     if ray:
         try:
@@ -174,7 +186,10 @@ def bench_rss(work: Path, sizes: Sequence[int], *, workers: int) -> list[dict[st
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="vision-audit bench pipeline", description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", type=int, default=1024, help="JPEGs for the throughput benchmarks")
+    p.add_argument("--images", type=int, default=256, help="JPEGs for the throughput benchmarks")
+    p.add_argument("--model", choices=sorted(BENCH_MODELS), default="vit-s16-224",
+                   help="timed model: vit-s16-224 (a real audit's model, 256-px JPEGs) or tiny-64 (data-path "
+                        "stress case, 64-px JPEGs)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the pipeline")
     p.add_argument("--repeats", type=int, default=5)
@@ -196,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if "throughput" not in skip:
             t = bench_throughput(work, n=a.images, batch_size=a.batch_size, workers=a.workers, repeats=a.repeats,
-                                 ray="ray" not in skip)
+                                 ray="ray" not in skip, model=a.model)
             figures["throughput"] = t
             ratio = t["disk_ips"] / t["in_memory_ips"]
             lines.append((f"JPEG on disk -> embeddings ({a.workers} workers) / in-memory loop",
@@ -228,7 +243,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
         if k == 0:
             print("  ".join("-" * w for w in widths))
-    print(f"(median of {a.repeats} repeats; {os.cpu_count()} CPUs; timed model: ViT 64px, 192 wide, 6 blocks)")
+    if "throughput" not in skip:
+        spec, _, side = BENCH_MODELS[a.model]
+        print(f"(median of {a.repeats} repeats; {os.cpu_count()} CPUs; timed model: {a.model} = {spec}, "
+              f"{side}-px JPEGs)")
+    if "rss" not in skip:
+        print("(peak RSS: a whole run of a 2-block ViT on 32-px JPEGs in a fresh process per size)")
     if a.json:
         a.json.write_text(json.dumps(figures, indent=2, default=str))
     return 0

@@ -41,6 +41,7 @@ _PHOTOMETRIC = {
     "ToTensor", "PILToTensor", "Normalize", "ConvertImageDtype", "ColorJitter", "Grayscale",
     "GaussianBlur", "RandomAdjustSharpness", "RandomAutocontrast", "RandomEqualize",
     "RandomGrayscale", "RandomInvert", "RandomPosterize", "RandomSolarize", "ToPILImage",
+    "ToNormalizedTensor",  # audit.models.base: ToTensor + Normalize in one step
 }
 
 
