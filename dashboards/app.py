@@ -34,9 +34,11 @@ nav = st.navigation(PAGES)
 startup = state.startup()
 with st.sidebar:
     st.markdown("**vision-audit**")
-    if startup.runs:
+    if len(startup.runs) > 1:
         st.selectbox("Run", options=list(range(len(startup.runs))), key="run_idx",
                      format_func=lambda i: state.run_label(startup.runs[i]))
+    elif startup.runs:  # one run: no widget to render (the first page is measured in a browser)
+        st.caption(f"Run: {esc(state.run_label(startup.runs[0]))}")
     for problem in startup.problems:
         st.warning(esc(problem))
 

@@ -9,7 +9,7 @@ import streamlit as st
 
 from audit.errors import AuditError
 from dashboards import cache, state
-from dashboards.ui import current_run, esc
+from dashboards.ui import current_run, esc, md_table
 
 path, run = current_run()
 meta = run.meta
@@ -75,17 +75,17 @@ else:
         counts["share"] = counts["n"] / counts["n"].sum()
         with col:
             st.markdown(f"**{esc(g)}**")
-            st.table(counts.assign(share=counts["share"].round(3)).set_index(g))
+            st.markdown(md_table(counts.set_index(g)))
     if len(groups) >= 2:
         with st.expander("Intersections"):
             inter = samples.groupby(groups[:2]).size().unstack(fill_value=0)
-            st.table(inter)
+            st.markdown(md_table(inter))
     if "label" in samples and samples["label"].notna().any():
         with st.expander("Labels by group"):
             g0 = groups[0] if groups else None
             tab = (samples.groupby(["label", g0]).size().unstack(fill_value=0) if g0
                    else samples["label"].value_counts().to_frame("n"))
-            st.table(tab)
+            st.markdown(md_table(tab))
 
 # -- provenance -------------------------------------------------------------------------------
 st.subheader("Provenance")
@@ -109,16 +109,16 @@ prov = pd.DataFrame([
     ("finished", meta.get("finished")),
 ], columns=["field", "value"])
 prov["value"] = prov["value"].map(lambda v: "" if v is None else str(v))
-st.table(prov.set_index("field"))
+st.markdown(md_table(prov.set_index("field")))
 c1, c2 = st.columns(2)
 with c1:
     st.markdown("**Versions**")
-    st.table(pd.DataFrame(sorted((meta.get("versions") or {}).items()), columns=["package", "version"])
-             .set_index("package"))
+    st.markdown(md_table(pd.DataFrame(sorted((meta.get("versions") or {}).items()), columns=["package", "version"])
+                         .set_index("package")))
 with c2:
     st.markdown("**Timings (s)**")
-    st.table(pd.DataFrame(sorted((meta.get("timings") or {}).items()), columns=["stage", "seconds"])
-             .set_index("stage"))
+    st.markdown(md_table(pd.DataFrame(sorted((meta.get("timings") or {}).items()), columns=["stage", "seconds"])
+                         .set_index("stage"), digits=1))
 skipped = meta.get("skipped") or []
 if skipped:
     with st.expander(f"Skipped images ({len(skipped)})"):

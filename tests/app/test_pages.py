@@ -3,6 +3,8 @@ no exception, the expected widgets, and shown numbers equal to the run's tables.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,9 +15,31 @@ PAGES = ["pages/overview.py", "pages/explain.py", "pages/groups.py", "pages/embe
          "pages/clip_probe.py", "pages/compare.py"]
 
 
+def _unescape(cell: str) -> str:
+    return re.sub(r"\\(.)", r"\1", cell.strip())
+
+
+def md_frames(at) -> list[pd.DataFrame]:
+    """Markdown tables (``dashboards.ui.md_table``) parsed back: first column as the index,
+    cells unescaped, numeric columns as numbers."""
+    out = []
+    for m in at.markdown:
+        lines = str(m.value).splitlines()
+        if len(lines) < 2 or not lines[0].startswith("| ") or not lines[1].startswith("| ---"):
+            continue
+        rows = [[_unescape(c) for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]] for line in lines]
+        df = pd.DataFrame(rows[2:], columns=rows[0])
+        for c in df.columns:
+            num = pd.to_numeric(df[c], errors="coerce")
+            if num.notna().all() and len(df):
+                df[c] = num
+        out.append(df.set_index(df.columns[0]))
+    return out
+
+
 def frames(at) -> list[pd.DataFrame]:
-    """Every st.dataframe and st.table value on the page."""
-    return [e.value for e in at.dataframe] + [e.value for e in at.table]
+    """Every st.dataframe and st.table value on the page, and every markdown table."""
+    return [e.value for e in at.dataframe] + [e.value for e in at.table] + md_frames(at)
 
 
 def frame_with(at, *columns: str) -> pd.DataFrame:
