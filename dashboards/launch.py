@@ -9,6 +9,7 @@ no longer pays those imports (about a second on a 2-core machine, more under loa
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -21,22 +22,28 @@ def warm_imports() -> None:
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
     if root not in sys.path:
         sys.path.insert(0, root)
-    import logging
-
-    # the dashboard modules define cached functions at import time, outside any session; Streamlit
-    # logs a "missing ScriptRunContext" warning for that, which means nothing here
-    logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context").setLevel(logging.ERROR)
-    logging.getLogger("streamlit.runtime.caching.cache_data_api").setLevel(logging.ERROR)
     import numpy  # noqa: F401
     import pandas  # noqa: F401
     import pyarrow.parquet  # noqa: F401
     from PIL import Image, PngImagePlugin  # noqa: F401
 
     import audit.runs  # noqa: F401
-    import dashboards.cache  # noqa: F401
-    import dashboards.render  # noqa: F401
-    import dashboards.state  # noqa: F401
-    import dashboards.ui  # noqa: F401
+    from streamlit.runtime.caching import cache_data_api, cache_resource_api
+
+    # the dashboard modules define cached functions at import time, before the server exists; Streamlit
+    # warns "No runtime found" for each (the caches are created at the first call, inside the runtime)
+    loggers = [cache_data_api._LOGGER, cache_resource_api._LOGGER]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        import dashboards.cache  # noqa: F401
+        import dashboards.render  # noqa: F401
+        import dashboards.state  # noqa: F401
+        import dashboards.ui  # noqa: F401
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def main() -> None:
