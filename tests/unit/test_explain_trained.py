@@ -135,8 +135,10 @@ def test_faithfulness_table_columns(trained) -> None:
         "pointing_hit",
         "mass_in_mask",
         "target_class",
+        "map_problem",
     ]
     assert df.row_id.tolist() == [10, 11, 12, 13] and set(df.target_class) <= {"red", "green"}
+    assert df.map_problem.tolist() == [""] * 4
     assert df.pointing_hit.tolist() == [True] * 4
     assert all(0.0 <= v <= 1.0 for v in df.mass_in_mask)
 
