@@ -77,9 +77,10 @@ KIND_FILES = {
     "text": "text.jpg",
     "missing": "missing.png",
     "long": "x" * 300 + ".png",
+    "nonutf8": "né.png",  # on disk the name is latin-1 bytes (b"n\xe9.png"), not UTF-8
     "empty": None,
 }
-ALWAYS_BAD = {"zero", "bomb", "text", "missing", "long", "empty"}
+ALWAYS_BAD = {"zero", "bomb", "text", "missing", "long", "nonutf8", "empty"}
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,8 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "zero.png").write_bytes(b"")
     (d / "bomb.png").write_bytes(_png_bomb(60_000, 60_000))
     (d / "text.jpg").write_text("a text file, not a JPEG\n")
+    with open(bytes(d) + b"/n\xe9.png", "wb") as fh:  # a name that is not valid UTF-8
+        Image.fromarray(arr).save(fh, format="PNG")
     (d / "cases").mkdir()
     return d
 
@@ -130,7 +133,7 @@ def _expected(case: dict) -> tuple[bool, set[int]]:
     rows, n = case["rows"], len(case["rows"])
     table_error = n == 0
     if case["source"] == "csv_latin1" and not case["pass_encoding"]:
-        table_error |= any(any(ord(c) > 127 for c in _text(v)) for r in rows for v in r[1:3])
+        table_error |= any(any(ord(c) > 127 for c in _text(v)) for r in rows for v in (KIND_FILES[r[0]], *r[1:3]))
     for use, idx in ((case["use_label"], 1), (case["use_group"], 2)):
         if not use or n == 0:
             continue
