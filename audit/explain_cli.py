@@ -96,6 +96,13 @@ def overlay_grid(pil, x, adapter, results):
         axes[i, 0].imshow(shown[i])
         axes[i, 0].set_title("image", fontsize=8)
         for j, (m, (e, dele, rnd)) in enumerate(results.items(), start=1):
+            if e.problems[i]:  # NaN/Inf or constant: name it, never draw it as a blank or uniform map
+                axes[i, j].imshow(shown[i], alpha=0.35)
+                axes[i, j].text(0.5, 0.5, "no usable map:\n" + e.problems[i].split(":")[0], ha="center",
+                                va="center", fontsize=7, color="#a40000", transform=axes[i, j].transAxes, wrap=True)
+                axes[i, j].set_title(m, fontsize=7)
+                print(f"warning: {m}, image {i + 1}: {e.problems[i]}", file=sys.stderr)
+                continue
             disp = e.normalized(at_input=True)[i].numpy()  # display only
             axes[i, j].imshow(shown[i])
             axes[i, j].imshow(disp, cmap="inferno", alpha=0.55, vmin=0, vmax=1)

@@ -127,3 +127,14 @@ def test_report_overlay_figure_names_unusable_maps() -> None:
     assert any("non-finite" in t for t in texts) and any("constant map" in t for t in texts)
     drawn = pd.Series([len(ax.images) for ax in fig.axes])
     assert drawn.tolist() == [1, 1, 1, 0, 0, 0, 0]
+
+
+def test_cli_overlay_grid_names_the_bad_map(vit, batch_with_nan_image, capsys) -> None:
+    from audit.explain_cli import overlay_grid
+
+    e = explain(vit, batch_with_nan_image, method="rollout")
+    fig = overlay_grid([None] * 3, batch_with_nan_image.nan_to_num(0.0), vit, {"rollout": (e, None, None)})
+    axes = fig.axes  # (3 images x 2 columns), row-major
+    assert any("no usable map" in t.get_text() for t in axes[3].texts)  # image 1, rollout column
+    assert not axes[1].texts and not axes[5].texts  # the good maps are drawn
+    assert "rollout, image 2: non-finite values" in capsys.readouterr().err
