@@ -245,6 +245,22 @@ def _missing(rule: str, table: str, policy: Policy, run: Run) -> dict[str, Any]:
                 + ("; on_missing: fail" if fail else "; skipped (on_missing: skip)"))
 
 
+def _headline_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """One metric's rows a policy judges: the whole-task ``__all__`` rows where they exist (multiclass
+    accuracy, balanced accuracy, ECE), else the ``__macro__`` mean of the one-vs-rest rows, else the
+    per-class rows. Balanced accuracy has both ``__all__`` and ``__macro__`` rows; judging both would
+    list the same gap twice under one name."""
+    for cls in ("__all__", "__macro__"):
+        rows = df[df.cls == cls]
+        if len(rows):
+            return rows
+    return df
+
+
+def _cls_label(cls: str) -> str:
+    return "macro" if cls == "__macro__" else str(cls)
+
+
 def _group_n(perf: pd.DataFrame, attribute: str, group: str, metric: str, cls: str) -> int | None:
     sel = perf[(perf.attribute == attribute) & (perf.group == group) & (perf.metric == metric) & (perf.cls == cls)]
     return int(sel.n.iloc[0]) if len(sel) else None
@@ -264,11 +280,7 @@ def _gap_rows(run: Run, policy: Policy, attrs: list[str]) -> list[dict[str, Any]
     if unknown:
         raise ConfigError(f"policy field 'metrics': {', '.join(map(repr, unknown))} not tested in run "
                           f"{run.path} (tested: {', '.join(sorted(set(disp.metric)))})")
-    sel = []
-    for m in policy.metrics:
-        dm = disp[disp.metric == m]
-        wide = dm[dm.cls.isin(["__all__", "__macro__"])]
-        sel.append(wide if len(wide) else dm)
+    sel = [_headline_rows(disp[disp.metric == m]) for m in policy.metrics]
     d = pd.concat(sel)
     d = d[d.attribute.isin(attrs)].reset_index(drop=True)
     if rule.holm_family == "policy":
@@ -279,7 +291,7 @@ def _gap_rows(run: Run, policy: Policy, attrs: list[str]) -> list[dict[str, Any]
         family = "Holm over all tests of the run"
     rows = []
     for r in d.to_dict("records"):
-        metric = r["metric"] if r["cls"] in ("__all__", "__macro__") else f"{r['metric']}[{r['cls']}]"
+        metric = r["metric"] if r["cls"] == "__all__" else f"{r['metric']}[{_cls_label(r['cls'])}]"
         group = f"{r['max_group']} vs {r['min_group']}" if r["max_group"] else ""
         diff, p = _num(r["difference"]), _num(r["p_gate"])
         base = (f"{name}:{metric}", r["attribute"], group, diff, rule.threshold, r["diff_ci_low"], r["diff_ci_high"], p)
@@ -325,8 +337,7 @@ def _worst_rows(run: Run, policy: Policy, attrs: list[str]) -> list[dict[str, An
     if pm.empty:
         raise ConfigError(f"policy field 'min_worst_group_accuracy.metric': {rule.metric!r} not in run {run.path} "
                           f"(metrics: {', '.join(sorted(set(perf.metric)))})")
-    wide = pm[pm.cls.isin(["__all__", "__macro__"])]
-    pm = wide if len(wide) else pm
+    pm = _headline_rows(pm)
     rows = []
     for attr in attrs:
         sub = pm[pm.attribute == attr]

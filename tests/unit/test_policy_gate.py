@@ -57,12 +57,15 @@ def test_gap_rule_values_and_policy_holm(biased) -> None:
                                  "max_accuracy_gap": {"threshold": 0.1}})
     v = evaluate(biased, pol)
     disp = biased.table("disparities")
-    # the gate judges the multiclass-wide rows ("__all__" / "__macro__"); gaps with fewer than two
-    # groups of sufficient size carry no p-value and are reported as not tested
+    # the gate judges the whole-task rows ("__all__"): balanced accuracy also has a "__macro__" row (the
+    # mean of one-vs-rest balanced accuracies), which is not judged a second time under the same name;
+    # gaps with fewer than two groups of sufficient size carry no p-value and are reported as not tested
+    assert {"__all__", "__macro__"} <= set(disp[disp.metric == "balanced_accuracy"].cls)
     sel = disp[disp.metric.isin(["accuracy", "balanced_accuracy"]) & disp.attribute.isin(["background", "colour"])
-               & disp.cls.isin(["__all__", "__macro__"])]
+               & (disp.cls == "__all__")]
     rows = v.rows
     assert len(rows) == len(sel)
+    assert not rows.rule.duplicated().any() or not rows[["rule", "attribute"]].duplicated().any()
     untested = rows[rows.observed.isna()]
     assert len(untested) == int(sel.p_value.isna().sum())
     assert untested.passed.isna().all() and all(n.startswith("not tested") for n in untested.note)
@@ -196,3 +199,10 @@ def test_verdict_text_table(biased) -> None:
     assert lines[0].split()[:4] == ["RESULT", "RULE", "ATTRIBUTE", "GROUP"]
     assert sum(line.startswith("FAIL") for line in lines) == v.n_failed > 0
     assert list(v.rows.columns)[:5] == ["rule", "attribute", "group", "observed", "threshold"]
+
+
+def test_one_vs_rest_metrics_are_judged_on_their_macro_mean(biased) -> None:
+    v = evaluate(biased, Policy.model_validate({"metrics": ["tpr"], "max_accuracy_gap": {"threshold": 0.1}}))
+    disp = biased.table("disparities")
+    macro = disp[(disp.metric == "tpr") & (disp.cls == "__macro__") & disp.attribute.isin(["background", "colour"])]
+    assert len(v.rows) == len(macro) and set(v.rows.rule) == {"max_accuracy_gap:tpr[macro]"}
