@@ -353,7 +353,7 @@ def local_compute(
         ds = ImageDataset(forward_frame(frame), adapter.preprocess.transform(), skip_bad=skip_bad)
         kwargs: dict[str, Any] = {}
         if num_workers > 0:
-            kwargs.update(prefetch_factor=4, persistent_workers=False, worker_init_fn=_decode_worker_init)
+            kwargs.update(prefetch_factor=4, persistent_workers=False)
         loader = DataLoader(ds, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_skip_bad,
                             pin_memory=device.startswith("cuda") and torch.cuda.is_available(), **kwargs)
         it = iter(loader)
@@ -363,13 +363,6 @@ def local_compute(
             _append_forward(classifier, next(it), rows, probs, embs, skipped, device=device, precision=precision,
                             skip_bad=skip_bad)
         yield plan.index, _stack_parts(rows, probs, embs, skipped)
-
-
-def _decode_worker_init(worker_id: int) -> None:
-    import os
-    n = int(os.environ.get("VA_WORKER_NICE", "0"))
-    if n:
-        os.nice(n)
 
 
 def assemble_shard(plan: ShardPlan, computed: dict[str, Any], cache: Any | None,
