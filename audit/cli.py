@@ -225,10 +225,11 @@ STREAMLIT_FLAGS = (
 
 
 def streamlit_command(app: Path, *, host: str, port: int, runs: Sequence[Path | str], extra: Sequence[str] = ()) -> list[str]:
-    """``streamlit run app`` bound to ``host:port`` with :data:`STREAMLIT_FLAGS`, then ``-- runs``
-    (through :mod:`dashboards.launch`, run from the source checkout that holds ``app``)."""
-    # dashboards/launch.py = ``streamlit run`` with the first page's imports done before the first visitor
-    return [sys.executable, str(Path(app).parent / "launch.py"), "run", str(app), "--server.address", host,
+    """``streamlit run app`` bound to ``host:port`` with :data:`STREAMLIT_FLAGS`, then ``-- runs``,
+    through the source checkout's ``dashboards/launch.py`` (``streamlit run`` with the first page's
+    imports done before the first visitor), whichever app it serves."""
+    launcher = Path(__file__).resolve().parent.parent / "dashboards" / "launch.py"
+    return [sys.executable, str(launcher), "run", str(app), "--server.address", host,
             "--server.port", str(port), *STREAMLIT_FLAGS, *extra, "--", *[str(r) for r in runs]]
 
 

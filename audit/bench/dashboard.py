@@ -207,8 +207,6 @@ def serve(runs: Sequence[str | os.PathLike[str]], *, port: int | None = None, po
         cmd += ["--policy", str(policy)]
     log = open(log_path, "w+b") if log_path else tempfile.TemporaryFile()  # noqa: SIM115
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if app != APP:  # another app (the benchmark's floor) still starts through dashboards/launch.py
-        cmd[1] = str(APP.parent / "launch.py")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(APP.parent.parent))
     url = f"http://127.0.0.1:{port}"
     try:
