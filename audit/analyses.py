@@ -290,12 +290,17 @@ def _maps_through_cache(ctx: Context, method: str, params: dict[str, Any], rows:
         cache = map_cache(ctx.config.run.cache_dir, adapter=ctx.adapter, classifier=ctx.classifier, method=method,
                           params=params, seed=ctx.config.stats.seed, device=ctx.device,
                           precision=ctx.config.run.precision, input_size=input_size)
-        keys = map_keys(hashes, pred_idx)
-        found = int(cache.contains(keys).sum())
-        out = cached_rows(cache, keys, compute)["maps"]
+        computed: list[int] = []
+
+        def counted(idx: np.ndarray) -> dict[str, np.ndarray]:
+            computed.append(len(idx))
+            return compute(idx)
+
+        out = cached_rows(cache, map_keys(hashes, pred_idx), counted)["maps"]
     except (OSError, sqlite3.Error) as exc:  # an unusable cache never stops the run
         ctx.log(f"map cache for {method} unusable ({exc}); computing without it")
         return compute(np.arange(len(rows)))["maps"]
+    found = len(rows) - sum(computed)
     if found:
         ctx.log(f"{method}: {found} of {len(rows)} maps reused from the cache at {cache.path}")
     return out
