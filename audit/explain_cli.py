@@ -88,6 +88,8 @@ def overlay_grid(pil, x, adapter, results):
     import numpy as np
     from matplotlib.figure import Figure
 
+    from audit.explain.quality import draw_problem
+
     n, k = len(pil), len(results)
     fig = Figure(figsize=(2.2 * (k + 1), 2.3 * n))
     axes = fig.subplots(n, k + 1, squeeze=False)
@@ -97,9 +99,7 @@ def overlay_grid(pil, x, adapter, results):
         axes[i, 0].set_title("image", fontsize=8)
         for j, (m, (e, dele, rnd)) in enumerate(results.items(), start=1):
             if e.problems[i]:  # NaN/Inf or constant: name it, never draw it as a blank or uniform map
-                axes[i, j].imshow(shown[i], alpha=0.35)
-                axes[i, j].text(0.5, 0.5, "no usable map:\n" + e.problems[i].split(":")[0], ha="center",
-                                va="center", fontsize=7, color="#a40000", transform=axes[i, j].transAxes, wrap=True)
+                draw_problem(axes[i, j], e.problems[i], image=shown[i])
                 axes[i, j].set_title(m, fontsize=7)
                 print(f"warning: {m}, image {i + 1}: {e.problems[i]}", file=sys.stderr)
                 continue

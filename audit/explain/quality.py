@@ -37,3 +37,11 @@ def map_problems(maps: Any) -> list[str]:
     if hasattr(maps, "detach"):
         maps = maps.detach().float().cpu().numpy()
     return [map_problem(m) for m in np.asarray(maps)]
+
+
+def draw_problem(ax: Any, problem: str, *, image: Any = None, fontsize: float = 7) -> None:
+    """Fill a matplotlib axis with why its map is not drawn, over the faded ``image`` if given."""
+    if image is not None:
+        ax.imshow(image, alpha=0.35)
+    ax.text(0.5, 0.5, "no usable map:\n" + problem.split(":")[0], ha="center", va="center", fontsize=fontsize,
+            color="#a40000", transform=ax.transAxes, wrap=True)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from audit.explain.quality import draw_problem, map_problems
 from audit.models.base import TokenLayout
 
 UpsampleMode = Literal["bilinear", "nearest", "bicubic"]
@@ -99,8 +100,6 @@ class Explanation:
         self.grid_maps = self.grid_maps.detach().float().cpu()
         if self.pixel_maps is not None:
             self.pixel_maps = self.pixel_maps.detach().float().cpu()
-        from audit.explain.quality import map_problems
-
         self.problems = map_problems(self.grid_maps)
 
     # -- validity ----------------------------------------------------------------------
@@ -169,10 +168,8 @@ class Explanation:
         shown = self.normalized(at_input=True)[:n].numpy()
         for i, ax in enumerate(axes):
             if self.problems[i]:  # never draw a NaN or constant map as if it were an explanation
-                if self.images is not None:
-                    ax.imshow(self.images[i].permute(1, 2, 0).clamp(0, 1).float().numpy(), alpha=0.35)
-                ax.text(0.5, 0.5, "no map:\n" + self.problems[i].split(":")[0], ha="center", va="center",
-                        fontsize=7, color="darkred", transform=ax.transAxes, wrap=True)
+                img = None if self.images is None else self.images[i].permute(1, 2, 0).clamp(0, 1).float().numpy()
+                draw_problem(ax, self.problems[i], image=img)
                 ax.set_axis_off()
                 ax.set_title(f"{i}: invalid", fontsize=7)
                 continue

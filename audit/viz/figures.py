@@ -274,17 +274,15 @@ def overlay_figure(
     axes = fig.subplots(1, ncol, squeeze=False)[0]
     axes[0].imshow(np.asarray(image))
     axes[0].set_title("image", fontsize=7)
-    from audit.explain.quality import map_problem
+    from audit.explain.quality import draw_problem, map_problem
 
     for i, (method, m) in enumerate(maps.items()):
         raw = np.asarray(m, dtype=np.float32)
         problem = map_problem(raw)
         if problem:  # a NaN/Inf or constant map is named, never drawn as a blank or uniform heat map
             for j in range(per):
-                ax = axes[1 + per * i + j]
-                ax.text(0.5, 0.5, "no usable map:\n" + problem.split(":")[0], ha="center", va="center",
-                        fontsize=6, color="#a40000", transform=ax.transAxes, wrap=True)
-                ax.set_title(method, fontsize=6)
+                draw_problem(axes[1 + per * i + j], problem, fontsize=6)
+                axes[1 + per * i + j].set_title(method, fontsize=6)
             continue
         rng = f"raw [{np.nanmin(raw):.2g}, {np.nanmax(raw):.2g}]"
         if show_maps:

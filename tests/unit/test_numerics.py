@@ -66,7 +66,7 @@ def test_explanation_figure_names_the_bad_map_instead_of_drawing_it(vit, batch_w
     fig = e.figure()
     ax = fig.axes[1]
     assert ax.get_title() == "1: invalid"
-    assert any("no map" in t.get_text() for t in ax.texts)
+    assert any("no usable map" in t.get_text() for t in ax.texts)
     assert not ax.images or all(im.get_alpha() == 0.35 for im in ax.images)  # only the faded photo
 
 
