@@ -1,8 +1,8 @@
 """Label sets typed or uploaded on the CLIP probe page: parsed strictly, size- and type-checked.
 
 An upload is untrusted: at most :data:`MAX_UPLOAD` bytes (the server also caps uploads at 1 MiB),
-UTF-8 text, parsed with YAML's safe loader by :func:`audit.stats.sets.load_set`, which names the
-field of any problem. Nothing from an upload is rendered as HTML.
+UTF-8 text, parsed with YAML's safe loader by :func:`audit.stats.sets.parse_set_text`, which names
+the field of any problem. Nothing from an upload is rendered as HTML.
 """
 
 from __future__ import annotations

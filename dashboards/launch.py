@@ -26,9 +26,9 @@ def warm_imports() -> None:
     import pandas  # noqa: F401
     import pyarrow.parquet  # noqa: F401
     from PIL import Image, PngImagePlugin  # noqa: F401
+    from streamlit.runtime.caching import cache_data_api, cache_resource_api
 
     import audit.runs  # noqa: F401
-    from streamlit.runtime.caching import cache_data_api, cache_resource_api
 
     # the dashboard modules define cached functions at import time, before the server exists; Streamlit
     # warns "No runtime found" for each (the caches are created at the first call, inside the runtime)
@@ -37,9 +37,9 @@ def warm_imports() -> None:
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        import dashboards.cache  # noqa: F401
-        import dashboards.render  # noqa: F401
-        import dashboards.state  # noqa: F401
+        import dashboards.cache
+        import dashboards.render
+        import dashboards.state
         import dashboards.ui  # noqa: F401
     finally:
         for lg, level in zip(loggers, levels):

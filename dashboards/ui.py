@@ -126,9 +126,10 @@ def fmt_p(p: object) -> str:
 def map_image(container: object, img: object, grid_map: np.ndarray, *, size: int, caption: str) -> None:
     """Draw ``grid_map`` over ``img`` in ``container``; a NaN/Inf or constant map is shown as a
     placeholder with the reason, never as a blank or uniform heat map."""
+    from audit.explain.quality import map_problem
     from dashboards import render
 
-    problem = cache.map_problem(grid_map)
+    problem = map_problem(grid_map)
     if problem:
         container.image(render.png_bytes(render.placeholder(size)), caption=caption)  # type: ignore[attr-defined]
         container.warning(esc(f"no usable map: {problem}"))  # type: ignore[attr-defined]

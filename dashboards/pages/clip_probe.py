@@ -5,7 +5,6 @@ run's text tower."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 
 from audit.errors import AuditError
