@@ -33,6 +33,40 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+Interpolation = Literal["bilinear", "bicubic", "nearest", "lanczos"]
+
+
+class PreprocessConfig(_Strict):
+    """Explicit preprocessing; every key left out comes from the model's own config.
+
+    Where each resolved value came from (``user``, checkpoint metadata, HF / open_clip config,
+    timm's default for the architecture) is written to run.json and shown in every report.
+    """
+
+    input_size: int | tuple[int, int] | None = Field(
+        default=None, description="(H, W) or one side fed to the model, e.g. 224")
+    resize: int | None = Field(
+        default=None, ge=1, description="shorter side before the centre crop (alternative to crop_pct)")
+    crop_pct: float | None = Field(default=None, gt=0, le=1, description="input_size / resize, e.g. 0.875; 1 = no crop")
+    resize_mode: Literal["shortest", "squash"] | None = Field(
+        default=None, description="shortest: keep the aspect ratio, then centre-crop; squash: resize to input_size")
+    interpolation: Interpolation | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+    @model_validator(mode="after")
+    def _one_crop_rule(self) -> PreprocessConfig:
+        if self.resize is not None and self.crop_pct is not None:
+            raise ValueError("give resize or crop_pct, not both (crop_pct = input_size / resize)")
+        if self.std is not None and any(v <= 0 for v in self.std):
+            raise ValueError("std values must be positive")
+        return self
+
+    def given(self) -> dict[str, Any]:
+        """Only the keys the user set."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class ModelConfig(_Strict):
     """Which model to audit."""
 
@@ -43,6 +77,8 @@ class ModelConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="family-specific load options")
     #: CLIP only: class -> prompts used to turn CLIP into a classifier (default: "a photo of a {class}")
     class_prompts: dict[str, list[str]] | None = None
+    #: explicit preprocessing (any subset; the rest from the model's own config)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
 
     @field_validator("spec")
     @classmethod
@@ -83,6 +119,27 @@ class ExplainConfig(_Strict):
     sanity_images: int = Field(default=8, ge=1)
     store_attention: bool = Field(default=False, description="also store per-layer, per-head attention")
 
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: list[str]) -> list[str]:
+        from audit.explain import list_methods
+
+        known = list_methods()
+        bad = [m for m in v if m not in known]
+        if bad:
+            raise ValueError(f"unknown explanation method(s) {bad}; known: {known} (`vision-audit explain --list-methods`)")
+        return v
+
+    @model_validator(mode="after")
+    def _params_for_chosen(self) -> ExplainConfig:
+        extra = sorted(set(self.params) - set(self.methods))
+        if extra:
+            raise ValueError(f"params given for method(s) {extra} that are not in methods {self.methods}")
+        return self
+
+
+Comparison = Literal["range", "pairwise", "one_vs_rest"]
+
 
 class StatsConfig(_Strict):
     min_group_size: int = Field(default=50, ge=1)
@@ -94,7 +151,28 @@ class StatsConfig(_Strict):
         default_factory=lambda: ["accuracy", "balanced_accuracy", "tpr", "fnr", "fpr", "precision", "selection_rate", "ece"]
     )
     embeddings: bool = True
+    #: which disparity families are tested: the max-min range over all groups (one test per
+    #: attribute and metric), every pair of groups, and each group against the rest. Each row of
+    #: the disparities table names its family and correction (Holm within the run's gate family).
+    comparisons: list[Comparison] = Field(default_factory=lambda: ["range"], min_length=1)
     seed: int = 0
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: list[str]) -> list[str]:
+        from audit.stats.performance import METRICS
+
+        bad = [m for m in v if m not in METRICS]
+        if bad:
+            raise ValueError(f"unknown metric(s) {bad}; known: {list(METRICS)}")
+        if not v:
+            raise ValueError(f"name at least one metric; known: {list(METRICS)}")
+        return v
+
+    @field_validator("comparisons")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
 
 
 class AssociationTest(_Strict):
