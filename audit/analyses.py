@@ -402,44 +402,13 @@ def clip_analyses(ctx: Context) -> None:
 # --------------------------------------------------------------------------- findings
 
 
-def _fmt_p(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+def findings(ctx: Context) -> Any:
+    """Compute the findings ledger once from every analysis table and write it (table ``findings``)."""
+    from audit.findings import findings_for_run
 
-
-def headline(ctx: Context) -> list[str]:
-    """One-line findings: significant disparities (Holm), strongest first; CLIP associations."""
-    run = ctx.run
-    name = run.name
-    out: list[str] = []
-    if run.has_table("disparities"):
-        d = run.table("disparities")
-        sig = d[(d["significant"]) & (d["metric"].isin(["accuracy", "tpr"]))]
-        sig = sig.sort_values("difference", ascending=False)
-        for _, r in sig.head(3).iterrows():
-            what = r["metric"].replace("_", " ") if r["cls"] in ("__all__", "__macro__") else f"recall of class {r['cls']!r}"
-            out.append(
-                f"{name}: {what} by {r['attribute']}: {r['min_value']:.2f} for {r['min_group']} vs "
-                f"{r['max_value']:.2f} for {r['max_group']} (gap {r['difference']:.2f}, 95% CI "
-                f"{r['diff_ci_low']:.2f}–{r['diff_ci_high']:.2f}, Holm {_fmt_p(r['p_holm'])})"
-            )
-        if sig.empty and len(d):
-            others = d[d["significant"]]
-            if others.empty:
-                out.append(f"{name}: no performance disparity is significant after Holm correction ({len(d)} tests).")
-            else:
-                metrics = ", ".join(sorted(set(others["metric"])))
-                out.append(
-                    f"{name}: no accuracy or recall disparity is significant after Holm correction; "
-                    f"{len(others)} of {len(d)} tests are, for {metrics} (see the disparities table)."
-                )
-    if run.has_table("association"):
-        a = run.table("association")
-        for _, r in a.iterrows():
-            out.append(
-                f"{name}: association {r['test']!s}: effect size d = {r['effect_size']:.2f} ({_fmt_p(r['p_value'])}, "
-                f"{r['X']} vs {r['Y']})"
-            )
-    return out
+    ledger = findings_for_run(ctx.run)
+    ctx.run.write_table("findings", ledger)
+    return ledger
 
 
 def limitations(ctx: Context) -> list[str]:

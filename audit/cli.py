@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--model-card", action="store_true", help="also write a Hugging Face model card section")
     rp.add_argument("--formats", default="html,md,pdf,json")
 
+    fd = sub.add_parser("findings", help="print a run's ranked findings ledger (what every report leads with)")
+    fd.add_argument("run", type=Path)
+    fd.add_argument("-n", type=int, default=None, help="how many findings (default: the headline's 5; 0 = all)")
+    fd.add_argument("--format", choices=["text", "csv", "json"], default="text")
+
     c = sub.add_parser("check", help="gate a run on a policy: exit 0 pass, 1 fail, 2 unusable input")
     c.add_argument("run", type=Path)
     c.add_argument("--policy", required=True, type=Path)
@@ -118,6 +123,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_demo(out=args.out, n_per_cell=args.n_per_cell, report=not args.no_report)
     if cmd == "report":
         return _cmd_report(args)
+    if cmd == "findings":
+        return _cmd_findings(args)
     if cmd == "check":
         from audit.report.policy import check
 
@@ -166,13 +173,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with ProgressBar() as bar:
         run = run_audit(cfg, progress=bar.update, log=bar.write)
     print(f"run written to {run.path}")
-    for line in run.meta.get("headline", []):
-        print(f"  - {line}")
+    from audit.findings import format_findings
+
+    print(format_findings(run.findings(), name=run.name))
     if args.report:
         from audit.report import write_report
 
         paths = write_report([run.path])
         print("report: " + ", ".join(str(p) for p in paths.values()))
+    return EXIT_OK
+
+
+def _cmd_findings(args: argparse.Namespace) -> int:
+    from audit.findings import DEFAULT_HEADLINE, format_findings
+    from audit.runs import Run
+
+    run = Run.open(args.run)
+    ledger = run.findings()
+    n = DEFAULT_HEADLINE if args.n is None else (len(ledger) if args.n == 0 else args.n)
+    if args.format == "text":
+        print(format_findings(ledger, name=run.name, n=n))
+    elif args.format == "csv":
+        ledger.head(n).to_csv(sys.stdout, index=False)
+    else:
+        print(ledger.head(n).to_json(orient="records", indent=1))
     return EXIT_OK
 
 

@@ -79,13 +79,15 @@ def run_demo(*, out: Path = Path("runs/demo"), n_per_cell: int | None = None, re
         print(f"writing the canary test set ({n} images per class x background cell) to {data}", file=sys.stderr)
         manifest = write_test_set(data, n_per_cell=n)
         (data / ".n_per_cell").write_text(str(n))
-    headlines: list[str] = []
+    blocks: list[str] = []
     for name in names:
         print(f"auditing zoo:{name} ...", file=sys.stderr)
         cfg = parse_config(demo_config(name, manifest, out), source=f"demo config {name}")
         with ProgressBar() as bar:
             run = run_audit(cfg, progress=bar.update, log=bar.write)
-        headlines.extend(run.meta.get("headline", []))
+        from audit.findings import format_findings
+
+        blocks.append(format_findings(run.findings(), name=run.name))
         if report:
             from audit.report import write_report
 
@@ -94,9 +96,9 @@ def run_demo(*, out: Path = Path("runs/demo"), n_per_cell: int | None = None, re
         from audit.report import write_report
 
         write_report([out / "vit-control", out / "vit-biased"], out_dir=out / "compare-vit", formats=("html", "md", "json"))
-    print("\nHeadline findings")
-    for line in headlines:
-        print(f"  - {line}")
+    print("\nFindings (ranked; the full ledger is each run's findings table)")
+    for block in blocks:
+        print(block)
     print(f"\nruns in {out} ({time.perf_counter() - t0:.0f} s)")
     if report:
         print(f"reports: {out}/<model>/report/report.html (comparison: {out}/compare-vit/comparison.html)")

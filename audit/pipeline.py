@@ -10,7 +10,7 @@ Stages (each timed in run.json):
 4. ``stats``    group performance, disparity tests, embedding statistics (pure functions)
 5. ``explain``  maps for a stratified subset, faithfulness, sanity check, region mass by group
 6. ``clip``     zero-shot harms, association tests, retrieval skew (CLIP models only)
-7. ``finish``   headline findings, limitations, status "complete"
+7. ``finish``   limitations, the findings ledger (:mod:`audit.findings`), status "complete"
 
 The local backend streams the rows through one DataLoader (workers decode ahead of the
 model; batches never straddle a shard) in this process; ``run.backend: ray`` hands the
@@ -739,8 +739,8 @@ def _run_stages(config: AuditConfig, run: Run, manifest: Any, df: Any, adapter: 
         with timer.stage("clip"):
             analyses.clip_analyses(ctx)
     with timer.stage("finish"):
-        run.meta["headline"] = analyses.headline(ctx)
         run.meta["limitations"] = analyses.limitations(ctx)
+        analyses.findings(ctx)
     run.meta["timings"] = {**run.meta.get("timings", {}), **timer.timings}
     run.meta.pop("error", None)
     run.finish("complete")

@@ -169,7 +169,6 @@ class Run:
             "methods": [],
             "skipped": [],
             "timings": {},
-            "headline": [],
             "limitations": [],
             "versions": package_versions(),
             **(meta or {}),
@@ -252,6 +251,21 @@ class Run:
             raise RunError(f"run {self.path} has no table {name!r} (tables: {have})")
         return pd.read_parquet(p, columns=columns)
 
+    def findings(self):
+        """The findings ledger (:mod:`audit.findings`): the stored ``findings`` table, or, for a run
+        written before it existed, the same ledger computed from the run's tables."""
+        if self.has_table("findings"):
+            return self.table("findings")
+        from audit.findings import findings_for_run
+
+        return findings_for_run(self)
+
+    def headline(self, n: int | None = None) -> list[str]:
+        """The first sentences of the findings ledger (what every surface leads with)."""
+        from audit.findings import DEFAULT_HEADLINE, headline
+
+        return headline(self.findings(), n or DEFAULT_HEADLINE)
+
     def tables(self) -> list[str]:
         return sorted(x.stem for x in (self.path / "tables").glob("*.parquet"))
 
@@ -329,5 +343,5 @@ class Run:
                 ("status", self.meta.get("status")),
             ]
         )
-        heads = "".join(f"<li>{escape(h)}</li>" for h in self.meta.get("headline", []))
+        heads = "".join(f"<li>{escape(h)}</li>" for h in self.headline())
         return f"<table>{rows}</table><ul>{heads}</ul>"

@@ -60,6 +60,16 @@ def table(path: str, name: str, columns: Sequence[str] | None = None) -> pd.Data
     return _table(path, stamp(path), name, tuple(columns) if columns else None)
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def _findings(path: str, stamp: int) -> pd.DataFrame:
+    return _open(path, stamp).findings()
+
+
+def findings(path: str) -> pd.DataFrame:
+    """The run's findings ledger (the stored table, or computed from its tables for older runs)."""
+    return _findings(path, stamp(path))
+
+
 @dataclass
 class MapStore:
     """One method's stored maps with an index by row id and a run-wide display range."""

@@ -350,14 +350,6 @@ def make_run(
             run.write_table(name, df)
         run.meta["label_set"] = {"name": LABEL_SET, "source": "tests/run_factory.py", "n_labels": len(zs_labels)}
 
-    disp = run.table("disparities")
-    headline = []
-    for attr in group_columns:
-        d = disp[(disp.metric == "accuracy") & (disp.attribute == attr)].iloc[0]
-        headline.append(
-            f"accuracy gap across {attr}: {d.difference:.3f} ({d.max_group} {d.max_value:.3f} vs "
-            f"{d.min_group} {d.min_value:.3f}), "
-            + ("significant after Holm correction" if d.significant else "not significant after Holm correction"))
     spec = "zoo:clip-biased" if kind == "clip" else ("zoo:vit-biased" if biased else "zoo:vit-control")
     fp = hashlib.sha256(f"{spec}-{seed}".encode()).hexdigest()[:16]
     manifest = str(path / "manifest.csv")
@@ -380,10 +372,12 @@ def make_run(
         "skipped": [{"row": n, "path": str(img_dir / "broken.png"), "reason": "truncated PNG (image file is truncated)"}],
         "device": "cpu", "dtype": "float32", "backend": "local",
         "timings": {"forward": 1.2, "explain": 3.4, "stats": 0.8},
-        "headline": headline,
         "limitations": ["explanation maps were computed for a subset of "
                         f"{len(chosen)} images (errors and correct cases per background)"],
     })
+    from audit.findings import findings_for_run
+
+    run.write_table("findings", findings_for_run(run))  # as the pipeline's finish stage does
     run.finish("complete")
     return Run.open(path)
 
@@ -393,7 +387,7 @@ if __name__ == "__main__":  # pragma: no cover - manual use: python tests/run_fa
 
     out = Path(sys.argv[1])
     r = make_run(out, kind="clip" if "clip" in sys.argv else "classifier", biased="control" not in sys.argv)
-    print(r, json.dumps(r.meta["headline"]))
+    print(r, json.dumps(r.headline()))
 
 
 _SHARED: dict[tuple, Run] = {}

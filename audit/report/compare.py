@@ -4,9 +4,13 @@
 The interval resamples each run independently and within each group: a group's confusion
 matrix is redrawn as Multinomial(n_g, cell shares), which is the nonparametric bootstrap of
 any metric that is a function of the confusion counts (accuracy, balanced accuracy). The
-worst-group value and the max-min gap of each attribute are recomputed in every resample,
-over the groups that reach the minimum size in both runs. The runs' own disparity tests
-are shown side by side.
+worst-group value of each attribute is recomputed in every resample, over the groups that
+reach the minimum size in both runs.
+
+What the comparison *says* comes from the two runs' findings ledgers (:mod:`audit.findings`):
+the findings that lead either run are matched by (kind, attribute, metric, scope, family) and
+shown side by side, each with its own run's interval and corrected p-value. A gap is never
+re-estimated here: the percentile bootstrap of a difference of two max-min gaps does not cover.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from audit.errors import RunError
+from audit.findings import DEFAULT_HEADLINE, metric_label
 from audit.report.summary import (
     DEFAULT_MIN_GROUP_SIZE,
     INTERSECTION_SEP,
@@ -46,7 +51,7 @@ class _Model(BaseModel):
 class DiffRow(_Model):
     """One metric for one group (or the worst group / the gap of an attribute) in both runs."""
 
-    kind: Literal["group", "worst group", "max-min gap"]
+    kind: Literal["group", "worst group"]
     attribute: str
     group: str
     metric: str
@@ -81,6 +86,30 @@ class DisparityPair(_Model):
     b_significant: bool | None = None
 
 
+class FindingPair(_Model):
+    """One finding of the ledger (matched by its key) in both runs."""
+
+    kind: str
+    attribute: str
+    metric: str
+    scope: str
+    family: str
+    label: str
+    a_rank: int | None = None
+    a_gap: Num = None
+    a_ci_low: Num = None
+    a_ci_high: Num = None
+    a_p_adj: Num = None
+    a_status: str = "absent"
+    b_rank: int | None = None
+    b_gap: Num = None
+    b_ci_low: Num = None
+    b_ci_high: Num = None
+    b_p_adj: Num = None
+    b_status: str = "absent"
+    text: str = ""
+
+
 class ComparisonSummary(_Model):
     """comparison.json: two runs side by side (schema version 1)."""
 
@@ -95,6 +124,7 @@ class ComparisonSummary(_Model):
     min_group_size: int
     rows: list[DiffRow] = []
     disparities: list[DisparityPair] = []
+    findings: list[FindingPair] = []
     headline: list[str] = []
     limitations: list[str] = []
 
@@ -215,10 +245,7 @@ def compare_runs(a: Run, b: Run, *, n_boot: int = 2000, seed: int = 0,
                 nb_all = sum(int(cb[g].sum()) for g in groups)
                 for kind, fa, fb, pa_v, pb_v in [
                     ("worst group", np.nanmin(sa, 1), np.nanmin(sb, 1), np.nanmin(pa_pt), np.nanmin(pb_pt)),
-                    ("max-min gap", np.ptp(sa, 1), np.ptp(sb, 1), np.ptp(pa_pt), np.ptp(pb_pt)),
                 ]:
-                    if kind == "max-min gap" and len(pooled_a) < 2:
-                        continue
                     alo, ahi = _pct(fa)
                     blo, bhi = _pct(fb)
                     dlo, dhi = _pct(fb - fa)
@@ -247,23 +274,44 @@ def compare_runs(a: Run, b: Run, *, n_boot: int = 2000, seed: int = 0,
                                 f"{side}_p_holm": _f(float(r["p_holm"])), f"{side}_significant": bool(r["significant"])})
             pairs.append(DisparityPair.model_validate(rec))
     s = ComparisonSummary(generated=utc_now(), tool=ToolInfo(version=_tool_version()), run_a=prov_a, run_b=prov_b,
-                          n_boot=n_boot, seed=seed, min_group_size=min_size, rows=rows, disparities=pairs)
-    s.headline = _headline(s)
+                          n_boot=n_boot, seed=seed, min_group_size=min_size, rows=rows, disparities=pairs,
+                          findings=finding_pairs(a.findings(), b.findings()))
+    s.headline = [f.text for f in s.findings]
     s.limitations = _limitations(s)
     return s
 
 
-def _headline(s: ComparisonSummary) -> list[str]:
+def finding_pairs(fa: pd.DataFrame, fb: pd.DataFrame, *, n: int = DEFAULT_HEADLINE) -> list[FindingPair]:
+    """The findings that lead run A or run B (their first ``n`` each), matched across the runs.
+
+    Order: A's leading findings in A's rank, then B's that A did not lead with, in B's rank.
+    """
+    key_cols = ["kind", "attribute", "metric", "scope", "family"]
+
+    def index(df: pd.DataFrame) -> dict[tuple, dict]:
+        return {tuple(r[c] for c in key_cols): r for r in df.sort_values("rank").to_dict("records")}
+
+    ia, ib = index(fa), index(fb)
+    keys = list(dict.fromkeys([k for k in list(ia)[:n]] + [k for k in list(ib)[:n]]))
     out = []
-    for r in s.rows:
-        if r.kind == "group" or r.diff is None:
-            continue
-        if r.attribute not in s.run_a.group_columns:
-            continue
-        excl = r.diff_ci_low is not None and r.diff_ci_high is not None and (r.diff_ci_low > 0 or r.diff_ci_high < 0)
-        out.append(f"{r.metric} {r.kind} across {r.attribute}: {fmt(r.a)} -> {fmt(r.b)} (change {fmt(r.diff, 'diff')}, "
-                   f"95% interval {fmt_ci(r.diff_ci_low, r.diff_ci_high, 'diff')}; "
-                   + ("the interval excludes 0)" if excl else "the interval includes 0)"))
+    for k in keys:
+        kind, attribute, metric, scope, family = k
+        rec: dict = dict(kind=kind, attribute=attribute, metric=metric, scope=scope, family=family,
+                         label=metric_label(metric, scope))
+        parts = []
+        for side, idx in (("a", ia), ("b", ib)):
+            r = idx.get(k)
+            if r is None:
+                parts.append(f"{side.upper()}: absent")
+                continue
+            rec.update({f"{side}_rank": int(r["rank"]), f"{side}_gap": _f(r["gap"]), f"{side}_ci_low": _f(r["ci_low"]),
+                        f"{side}_ci_high": _f(r["ci_high"]), f"{side}_p_adj": _f(r["p_adj"]),
+                        f"{side}_status": str(r["status"])})
+            parts.append(f"{side.upper()} gap {fmt(r['gap'])} {fmt_ci(r['ci_low'], r['ci_high'])}, "
+                         f"p_adj {fmt(r['p_adj'], 'p')}, {r['status']} (rank {int(r['rank'])})")
+        where = f" by {attribute}" if attribute else ""
+        rec["text"] = f"{kind}: {rec['label']}{where}: " + "; ".join(parts) + "."
+        out.append(FindingPair.model_validate(rec))
     return out
 
 

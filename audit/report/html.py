@@ -14,7 +14,8 @@ from typing import Any
 
 import jinja2
 
-from audit.report.summary import AuditSummary, fmt, fmt_ci
+from audit.findings import metric_label
+from audit.report.summary import AuditSummary, fmt, fmt_ci, preprocessing_text
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -25,6 +26,9 @@ def environment(*, autoescape: bool = True) -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined, trim_blocks=False, lstrip_blocks=False)
     env.filters["fmt"] = fmt
     env.globals["fmt_ci"] = fmt_ci
+    env.filters["fmt_ci"] = fmt_ci
+    env.filters["metric_label"] = metric_label
+    env.filters["preprocessing_text"] = preprocessing_text
     return env
 
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import jinja2
 
+from audit.findings import metric_label
 from audit.report.html import TEMPLATES
-from audit.report.summary import AuditSummary, fmt, fmt_ci
+from audit.report.summary import AuditSummary, fmt, fmt_ci, preprocessing_text
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>])")
 
@@ -50,6 +51,9 @@ def environment() -> jinja2.Environment:
     env.filters["fmt"] = lambda v, kind="rate": MdSafe(fmt(v, kind))
     env.globals["fmt_ci"] = lambda lo, hi, kind="rate": MdSafe(fmt_ci(lo, hi, kind))
     env.filters["md"] = md_escape
+    env.filters["fmt_ci"] = lambda lo, hi, kind="rate": MdSafe(fmt_ci(lo, hi, kind))
+    env.filters["metric_label"] = metric_label
+    env.filters["preprocessing_text"] = preprocessing_text
     return env
 
 

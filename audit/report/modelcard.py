@@ -28,7 +28,9 @@ def bias_section(s: AuditSummary) -> str:
     """Body of "Bias, Risks, and Limitations" (Markdown, data escaped)."""
     parts = [f"An audit with vision-audit {md_escape(s.tool.version)} on "
              f"{fmt(s.provenance.n_used, 'int')} images grouped by {md_escape(', '.join(s.provenance.group_columns))} "
-             "found:", "", _bullets(s.headline or ["no group comparison could be tested"]), "",
+             f"found: {md_escape(s.findings_summary)}", "",
+             "\n".join(f"{i}. {md_escape(h)}" for i, h in enumerate(s.headline, start=1))
+             or "- no group comparison could be tested", "",
              "What the audit could not measure:", "", _bullets(s.limitations or ["nothing recorded"]), "",
              "A gap reported as not significant after Holm correction is not evidence that the groups are treated "
              "alike; read its interval. Groups below the minimum size "
@@ -37,13 +39,16 @@ def bias_section(s: AuditSummary) -> str:
 
 
 def recommendations(s: AuditSummary) -> str:
-    sig = [d for d in s.disparities if d.significant and d.metric in MAIN_METRICS]
+    """From the ledger: the groups at the worst end of every significant finding about the model's outputs."""
+    from audit.findings import OUTCOME_KINDS
+
+    sig = [f for f in s.findings if f.significant and f.kind in OUTCOME_KINDS and f.attribute and f.worst_group]
     text = ("Users should check performance on their own groups before deployment; the audited groups are only those "
             "in the evaluation manifest.")
     if sig:
-        worst = ", ".join(sorted({f"{d.attribute}={d.min_group}" for d in sig}))
-        text = (f"The model performs measurably worse on {md_escape(worst)}; do not rely on it for these groups "
-                "without further evaluation. " + text)
+        worst = ", ".join(dict.fromkeys(f"{f.attribute}={f.worst_group}" for f in sig))
+        text = (f"The audit found significant disparities to the disadvantage of {md_escape(worst)} (see the "
+                "findings above); do not rely on the model for these groups without further evaluation. " + text)
     return text
 
 

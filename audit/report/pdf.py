@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from xml.sax.saxutils import escape
 
-from audit.report.summary import AuditSummary, fmt, fmt_ci
+from audit.report.summary import AuditSummary, fmt, fmt_ci, preprocessing_text
 
 
 def _styles() -> dict[str, Any]:
@@ -88,11 +88,14 @@ def render_pdf(summary: AuditSummary, path: str | os.PathLike[str], *, figures: 
                           f"{s.schema_version}; run {s.provenance.run_id}", st["note"])]
 
     story.append(P("Findings", st["h2"]))
-    for h in s.headline or ["No group comparisons could be tested."]:
-        story.append(P(h, st["bullet"], bullet=True))
-    story.append(P(f"Gaps are max-min across groups with at least {s.provenance.min_group_size} images, tested "
-                   "against a permutation null; p-values are Holm-corrected over all tests of the run. A gap that is "
-                   "not significant is not evidence that groups are treated alike: read its interval.", st["note"]))
+    story.append(P(s.findings_summary, st["body"]))
+    for i, h in enumerate(s.headline or ["No group comparisons could be tested."], start=1):
+        story.append(P(f"{i}. {h}" if s.headline else h, st["body"]))
+    story.append(P(f"A range gap is max-min across the groups with at least {s.provenance.min_group_size} cases in the "
+                   "metric's denominator, tested against a permutation null; its interval comes from simultaneous "
+                   "intervals of the group values, so it contains 0 when the groups overlap. Each family of tests is "
+                   "corrected on its own. A gap that is not significant is not evidence that groups are treated "
+                   "alike: read its interval. The full ranked ledger is in audit.json.", st["note"]))
 
     p = s.provenance
     story.append(P("Model and data provenance", st["h2"]))
@@ -102,7 +105,9 @@ def render_pdf(summary: AuditSummary, path: str | os.PathLike[str], *, figures: 
           ("Dataset fingerprint", p.dataset_fingerprint),
           ("Images", f"{fmt(p.n_used, 'int')} used of {fmt(p.n_rows, 'int')} rows ({fmt(p.n_skipped, 'int')} skipped)"),
           ("Label / group columns", f"{p.label_column or 'none'} / {', '.join(p.group_columns)}"),
-          ("Explanation methods", ", ".join(p.methods) or "none"),
+          ("Preprocessing", preprocessing_text(p.preprocessing)),
+          ("Explanation methods", (", ".join(p.methods) or "none")
+           + (f" (deletion baseline: {p.deletion_baseline})" if p.deletion_baseline else "")),
           ("Device / dtype / backend", f"{p.device} / {p.dtype} / {p.backend}"),
           ("Versions", ", ".join(f"{k} {v}" for k, v in p.versions.items()))]
     story.append(_table(st, ["field", "value"], kv, width=W, col_frac=[1, 3]))
@@ -135,7 +140,7 @@ def render_pdf(summary: AuditSummary, path: str | os.PathLike[str], *, figures: 
           ("not tested: " + d.note) if d.difference is None else
           ("significant after Holm correction" if d.significant else "not significant after Holm correction"))
          for d in s.disparities],
-        width=W, col_frac=[1.6, 1.5, 1, 0.4, 1.5, 1.5, 0.8, 1.5, 0.9, 0.9, 1.9]))
+        width=W, col_frac=[1.5, 1.5, 1, 0.4, 1.5, 1.5, 0.8, 1.5, 1.15, 1.15, 1.6]))
 
     if s.embeddings:
         e = s.embeddings

@@ -20,13 +20,13 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from audit.findings import headline, summary_line
 from audit.runs import Run, utc_now
 
 SUMMARY_SCHEMA_VERSION = 1
 DEFAULT_MIN_GROUP_SIZE = 50
 DEFAULT_ALPHA = 0.05
 INTERSECTION_SEP = "×"
-HEADLINE_METRICS = ("accuracy", "balanced_accuracy")
 
 Num = float | None
 NumKind = Literal["rate", "p", "int", "diff", "effect", "share"]
@@ -74,6 +74,31 @@ def fmt_ci(low: Any, high: Any, kind: NumKind = "rate") -> str:
     return f"[{fmt(low, kind)}, {fmt(high, kind)}]"
 
 
+def preprocessing_text(pre: dict[str, Any]) -> str:
+    """One line naming the resolved preprocessing and where each value came from.
+
+    Example:
+        >>> preprocessing_text({"values": {"input_size": [224, 224], "crop_pct": 1.0, "interpolation": "bilinear"},
+        ...                     "sources": {"input_size": "timm_default", "crop_pct": "user", "interpolation": "user"}})
+        'input_size 224×224 (timm_default); crop_pct 1.0 (user); interpolation bilinear (user)'
+    """
+    values, sources = pre.get("values") or {}, pre.get("sources") or {}
+    if not values:
+        return "not recorded (run written before preprocessing was recorded)"
+    parts = []
+    for k, v in values.items():
+        if v is None:
+            continue
+        shown = "×".join(str(x) for x in v) if k in ("input_size", "size") and isinstance(v, (list, tuple)) else (
+            "[" + ", ".join(f"{float(x):.4g}" for x in v) + "]" if isinstance(v, (list, tuple)) else str(v))
+        src = sources.get(k)
+        parts.append(f"{k} {shown}" + (f" ({src})" if src else ""))
+    return "; ".join(parts)
+
+
+MAX_LEDGER_ROWS = 25
+
+
 # --------------------------------------------------------------------------- schema
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -110,6 +135,38 @@ class Provenance(_Model):
     versions: dict[str, str] = {}
     min_group_size: int = DEFAULT_MIN_GROUP_SIZE
     alpha: float = DEFAULT_ALPHA
+    #: resolved preprocessing: {"values": {...}, "sources": {key: source}, "warnings": [...]}
+    preprocessing: dict[str, Any] = {}
+    #: deletion baseline of the faithfulness scores ("blur" / "black")
+    deletion_baseline: str | None = None
+
+
+class FindingRow(_Model):
+    """One row of the findings ledger (:data:`audit.findings.FINDINGS_COLUMNS`)."""
+
+    rank: int
+    kind: str
+    attribute: str
+    metric: str
+    scope: str
+    family: str
+    worst_group: str
+    best_group: str
+    worst_value: Num
+    best_value: Num
+    gap: Num
+    ci_low: Num
+    ci_high: Num
+    n_worst: int | None
+    n_best: int | None
+    p_value: Num
+    p_adj: Num
+    correction: str
+    significant: bool
+    status: str
+    effect: Num
+    source: str
+    text: str
 
 
 class CompositionRow(_Model):
@@ -345,13 +402,24 @@ class AuditSummary(_Model):
     region_mass: list[RegionMassRow] = []
     gallery: Gallery = Gallery()
     limitations: list[str] = []
+    #: the findings ledger, ranked (the only source of every stated conclusion)
+    findings: list[FindingRow] = []
+    #: the ledger's count sentence (audit.findings.summary_line)
+    findings_summary: str = ""
+    #: the ledger's first sentences (audit.findings.headline)
     headline: list[str] = []
-    pipeline_headline: list[str] = []
 
     def performance_table(self, *, main: bool = True) -> list[tuple[int, PerformanceRow]]:
         """(index into ``performance``, row) for the main (multiclass-wide) or per-class rows."""
         keep = ("__all__", "__macro__")
         return [(i, r) for i, r in enumerate(self.performance) if (r.cls in keep) == main]
+
+    def ledger_rows(self, limit: int = MAX_LEDGER_ROWS) -> list[FindingRow]:
+        """The findings table shown in the reports: every significant or flagged row, then the next
+        ranked rows up to ``limit``."""
+        must = [f for f in self.findings if f.significant or f.status == "flagged"]
+        rest = [f for f in self.findings if not (f.significant or f.status == "flagged")]
+        return must + rest[: max(0, limit - len(must))]
 
     def methods_present(self) -> bool:
         """Whether the run stored explanation maps."""
@@ -434,6 +502,9 @@ def _provenance(run: Run) -> Provenance:
         device=run.meta.get("device"), dtype=run.meta.get("dtype"), backend=run.meta.get("backend"),
         methods=run.methods, versions={str(k): str(v) for k, v in (run.meta.get("versions") or {}).items()},
         min_group_size=_min_group_size(run), alpha=_alpha(run),
+        preprocessing=dict(run.meta.get("preprocessing") or {}),
+        deletion_baseline=(run.meta.get("faithfulness") or {}).get("baseline")
+        or (((run.meta.get("config") or {}).get("explain") or {}).get("baseline") if run.methods else None),
     )
 
 
@@ -576,37 +647,8 @@ def _limitations(run: Run, s: AuditSummary) -> list[str]:
     if s.clip is not None and s.clip.harmful_disparities:
         out.append("Harmful-label rates depend on the label set used (" + s.clip.harmful_disparities[0].label_set
                    + "); a different set can give different rates.")
+    out.extend(str(w) for w in (p.preprocessing.get("warnings") or []))
     out.extend(str(x) for x in run.meta.get("limitations") or [])
-    return out
-
-
-def _headline(s: AuditSummary) -> list[str]:
-    out = []
-    gc = s.provenance.group_columns
-    # whole-model rows always; one-vs-rest (per-class) rows only when significant; strongest first
-    rows = [d for d in s.disparities if d.metric in HEADLINE_METRICS and d.attribute in gc
-            and (d.cls in ("__all__", "__macro__") or d.significant)]
-    rows.sort(key=lambda d: (not d.significant, -(d.difference or 0.0)))
-    for d in rows:
-        what = d.metric if d.cls in ("__all__", "__macro__") else f"{d.metric} of class {d.cls} (one-vs-rest)"
-        if d.difference is None:
-            out.append(f"{what} across {d.attribute}: not tested ({d.note or 'too few groups'}).")
-            continue
-        verdict = ("significant after Holm correction" if d.significant
-                   else "not significant after Holm correction")
-        out.append(f"{what} gap across {d.attribute}: {fmt(d.difference)} "
-                   f"{fmt_ci(d.diff_ci_low, d.diff_ci_high)} between {d.max_group} ({fmt(d.max_value)}) and "
-                   f"{d.min_group} ({fmt(d.min_value)}); Holm p = {fmt(d.p_holm, 'p')}, {verdict}.")
-    if s.clip is not None:
-        for h in s.clip.harmful_disparities:
-            verdict = ("significant after Holm correction" if h.significant
-                       else "not significant after Holm correction")
-            out.append(f"harmful-label rate gap across {h.attribute}: {fmt(h.difference)} "
-                       f"{fmt_ci(h.diff_ci_low, h.diff_ci_high)} ({h.max_group} highest); Holm p = "
-                       f"{fmt(h.p_holm, 'p')}, {verdict}.")
-    flagged = sorted({r.method for r in s.sanity if r.flagged})
-    if flagged:
-        out.append(f"Explanation method(s) failing the randomisation sanity check: {', '.join(flagged)}.")
     return out
 
 
@@ -643,8 +685,14 @@ def build_summary(run: Run) -> AuditSummary:
         embeddings=emb, clip=clip, faithfulness=_rows(run, "faithfulness_summary", FaithfulnessRow),
         sanity=_rows(run, "sanity", SanityRow), region_mass=_rows(run, "region_mass", RegionMassRow),
         gallery=_gallery(run, perf, disp, prov.group_columns),
-        pipeline_headline=[str(h) for h in run.meta.get("headline") or []],
     )
     s.limitations = _limitations(run, s)
-    s.headline = _headline(s)
+    ledger = run.findings()
+    s.findings = _rows_of(ledger, FindingRow)
+    s.findings_summary = summary_line(ledger)
+    s.headline = headline(ledger)
     return s
+
+
+def _rows_of(df: Any, model: type[_Model]) -> list[Any]:
+    return [model.model_validate({k: _clean(v) for k, v in rec.items()}) for rec in df.to_dict("records")]

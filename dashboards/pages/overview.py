@@ -1,4 +1,4 @@
-"""Overview: provenance, dataset composition by group, headline findings, policy verdict."""
+"""Overview: the findings ledger, policy verdict, dataset composition by group, provenance."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import pandas as pd
 import streamlit as st
 
 from audit.errors import AuditError
+from audit.findings import DEFAULT_HEADLINE, headline, metric_label, summary_line
+from audit.report.summary import preprocessing_text
 from dashboards import cache, state
 from dashboards.ui import current_run, esc, md_table
 
@@ -30,13 +32,24 @@ else:
     c3.metric("Accuracy", "–")
 c4.metric("Stored explanation methods", f"{len(cache.methods(path))}")
 
-# -- headline findings ----------------------------------------------------------------------
-st.subheader("Headline findings")
-headline = meta.get("headline") or []
-if headline:
-    st.markdown("\n".join(f"- {esc(h)}" for h in headline))
+# -- findings (the run's ledger: the same sentences as the reports and the CLI) ---------------
+st.subheader("Findings")
+ledger = cache.findings(path)
+st.markdown(esc(summary_line(ledger)))
+top = headline(ledger, DEFAULT_HEADLINE)
+if top:
+    st.markdown("\n".join(f"{i}. {esc(h)}" for i, h in enumerate(top, start=1)))
 else:
-    st.info("The run records no headline findings.")
+    st.info("The run has no finding: no group columns, labels or CLIP tests.")
+if len(ledger):
+    with st.expander(f"All findings, ranked ({len(ledger)})"):
+        shown = ledger.assign(metric=[metric_label(m, s) for m, s in zip(ledger["metric"], ledger["scope"])])
+        st.dataframe(shown[["rank", "kind", "attribute", "metric", "worst_group", "n_worst", "best_group", "n_best",
+                            "gap", "ci_low", "ci_high", "p_adj", "status", "correction"]],
+                     hide_index=True, width="stretch")
+pre = meta.get("preprocessing") or {}
+for w in pre.get("warnings") or []:
+    st.warning(esc(w))
 if meta.get("limitations"):
     with st.expander(f"Limitations ({len(meta['limitations'])})"):
         st.markdown("\n".join(f"- {esc(x)}" for x in meta["limitations"]))
@@ -101,6 +114,7 @@ prov = pd.DataFrame([
     ("rows in manifest", dataset.get("n_rows")),
     ("rows used", dataset.get("n_used")),
     ("group columns", ", ".join(groups)),
+    ("preprocessing", preprocessing_text(pre)),
     ("methods", ", ".join(run.methods)),
     ("device / dtype", f"{meta.get('device', '?')} / {meta.get('dtype', '?')}"),
     ("backend", meta.get("backend")),

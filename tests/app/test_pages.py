@@ -109,7 +109,7 @@ def test_overview_numbers_equal_the_run(app, clf_run: Run) -> None:
     assert prov["model fingerprint"] == clf_run.meta["model"]["fingerprint"]
     assert prov["rows used"] == str(clf_run.meta["dataset"]["n_used"])
     body = texts(at).replace("\\", "")
-    for line in clf_run.meta["headline"]:
+    for line in clf_run.headline():
         assert line in body
 
 

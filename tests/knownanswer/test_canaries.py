@@ -29,8 +29,11 @@ def test_biased_classifier_disparity_is_found(canary_runs) -> None:
     assert row["min_group"] == W.planted_group
     assert row["significant"] and row["p_holm"] < 0.01
     assert row["difference"] > 0.2 and row["diff_ci_low"] > 0.1
-    # the headline names it
-    assert any(W.planted_class in h and W.planted_group in h for h in run.meta["headline"])
+    # the ledger leads with it: its first finding is the planted cell's recall gap
+    first = run.findings().iloc[0]
+    assert (first["kind"], first["metric"], first["scope"], first["worst_group"]) == (
+        "performance", "tpr", f"class:{W.planted_class}", W.planted_group)
+    assert W.planted_class in run.headline()[0] and W.planted_group in run.headline()[0]
     # the per-group table agrees with the predictions themselves
     pred = run.table("predictions")
     cell = pred[(pred["label"] == W.planted_class) & (pred["background"] == W.planted_group)]

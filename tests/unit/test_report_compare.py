@@ -39,8 +39,16 @@ def test_differences_match_independent_computation(runs: tuple) -> None:
         assert r.diff_ci_low < r.diff < r.diff_ci_high
     water = next(r for r in rows if r.group == "water")
     assert water.diff_ci_low > 0  # the control fixed the planted bias; the interval excludes 0
-    gap = next(r for r in s.rows if r.kind == "max-min gap" and r.metric == "accuracy" and r.attribute == "background")
-    assert gap.diff < 0 and gap.diff_ci_high < 0
+    # the findings come from the two ledgers: the biased run's accuracy gap by background, significant in A only
+    key = ("performance", "background", "accuracy", "overall", "range")
+    fa = a.findings().set_index(["kind", "attribute", "metric", "scope", "family"]).loc[key]
+    fb = b.findings().set_index(["kind", "attribute", "metric", "scope", "family"]).loc[key]
+    pair = next(f for f in s.findings if (f.kind, f.attribute, f.metric, f.scope, f.family) == key)
+    assert (pair.a_gap, pair.a_status, pair.b_gap, pair.b_status) == (
+        pytest.approx(fa["gap"]), fa["status"], pytest.approx(fb["gap"]), fb["status"])
+    assert pair.a_status == "significant" and pair.b_gap < pair.a_gap
+    assert s.headline == [f.text for f in s.findings]
+    assert all(r.kind != "max-min gap" for r in s.rows)  # gaps are the ledgers', never re-estimated here
     worst = next(r for r in s.rows if r.kind == "worst group" and r.metric == "accuracy" and r.attribute == "background")
     assert worst.a == pytest.approx(min(r.a for r in rows))
 

@@ -138,15 +138,26 @@ def test_audit_json_numbers_are_the_run_tables(report: dict) -> None:
 def test_findings_and_limitations(report: dict) -> None:
     data = report["json"]
     soup = report["soup"]
-    heads = [li.text for li in soup.find("section", id="findings").find_all("li")]
-    assert heads == data["headline"]
+    section = soup.find("section", id="findings")
+    heads = [li.text for li in section.find("ol", class_="headline").find_all("li")]
+    assert heads == data["headline"] == [f["text"] for f in data["findings"][: len(heads)]]
+    assert section.find("p", class_="summary").text == data["findings_summary"]
+    ledger = {(f["kind"], f["attribute"], f["metric"], f["scope"], f["family"]): f for f in data["findings"]}
     bg = next(d for d in data["disparities"] if d["attribute"] == "background" and d["metric"] == "accuracy")
-    assert bg["significant"]
-    assert any(f"gap across background: {fmt(bg['difference'])}" in h and "significant after Holm" in h
-               for h in heads)
+    f_bg = ledger[("performance", "background", "accuracy", "overall", "range")]
+    assert bg["significant"] and f_bg["significant"] and f_bg["gap"] == pytest.approx(bg["difference"])
+    assert f_bg["worst_group"] == bg["min_group"] and f_bg["best_group"] == bg["max_group"]
+    assert "significant after Holm correction" in f_bg["text"]
     colour = next(d for d in data["disparities"] if d["attribute"] == "colour" and d["metric"] == "accuracy")
-    assert not colour["significant"]
-    assert any("across colour" in h and "not significant after Holm correction" in h for h in heads)
+    f_col = ledger[("performance", "colour", "accuracy", "overall", "range")]
+    assert not colour["significant"] and not f_col["significant"]
+    assert "not significant after Holm correction" in f_col["text"]
+    # ranked: every significant finding comes before every not significant one
+    status = [f["status"] for f in data["findings"]]
+    assert status.index("not significant") > max(i for i, s_ in enumerate(status) if s_ == "significant")
+    # the table in the report shows the same ranks as audit.json, every significant one included
+    shown = [int(tr.find("td").text) for tr in section.find("table", id="findings-table").find("tbody").find_all("tr")]
+    assert set(shown) >= {f["rank"] for f in data["findings"] if f["significant"]}
     lims = " ".join(data["limitations"])
     assert "water×blue (n=" in lims  # sparse intersection
     assert "rollout failed the model-randomisation sanity check" in lims
