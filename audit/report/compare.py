@@ -26,7 +26,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from audit.errors import RunError
-from audit.findings import DEFAULT_HEADLINE, metric_label
+from audit.findings import DEFAULT_HEADLINE, metric_key, metric_label
 from audit.report.summary import (
     DEFAULT_MIN_GROUP_SIZE,
     INTERSECTION_SEP,
@@ -84,6 +84,11 @@ class DisparityPair(_Model):
     b_ci_high: Num = None
     b_p_holm: Num = None
     b_significant: bool | None = None
+
+    @property
+    def key(self) -> str:
+        """Metric name that never collides (``balanced_accuracy`` vs ``balanced_accuracy[macro]``)."""
+        return metric_key(self.metric, self.cls)
 
 
 class FindingPair(_Model):
@@ -396,7 +401,7 @@ def _render_pdf(s: ComparisonSummary, path: str | os.PathLike[str], png: bytes) 
                         shaded=[r.small for r in s.rows]))
     story.append(P("Disparity tests side by side", st["h2"]))
     story.append(_table(st, ["attribute", "metric", "A gap", "A interval", "A Holm p", "B gap", "B interval", "B Holm p"],
-                        [(d.attribute, d.metric, fmt(d.a_difference), fmt_ci(d.a_ci_low, d.a_ci_high),
+                        [(d.attribute, d.key, fmt(d.a_difference), fmt_ci(d.a_ci_low, d.a_ci_high),
                           fmt(d.a_p_holm, "p"), fmt(d.b_difference), fmt_ci(d.b_ci_low, d.b_ci_high),
                           fmt(d.b_p_holm, "p")) for d in s.disparities], width=W))
     story.append(P("Limitations", st["h2"]))

@@ -58,13 +58,13 @@ def _results_table(s: AuditSummary) -> str:
     for r in s.performance:
         if r.metric in MAIN_METRICS and r.attribute in gc and r.cls in ("__all__", "__macro__"):
             lines.append(f"| {md_escape(r.attribute)} | {md_escape(r.group)}{' (small)' if r.small else ''} | "
-                         f"{md_escape(r.metric)} | {fmt(r.value)} | {fmt_ci(r.ci_low, r.ci_high)} | {fmt(r.n, 'int')} |")
+                         f"{md_escape(r.key)} | {fmt(r.value)} | {fmt_ci(r.ci_low, r.ci_high)} | {fmt(r.n, 'int')} |")
     lines += ["", "| attribute | metric | gap | 95% interval | Holm p | result |", "|---|---|---:|---:|---:|---|"]
     for d in s.disparities:
         if d.metric in MAIN_METRICS and d.attribute in gc:
             res = ("not tested" if d.difference is None else "significant after Holm correction" if d.significant
                    else "not significant after Holm correction")
-            lines.append(f"| {md_escape(d.attribute)} | {md_escape(d.metric)} | {fmt(d.difference)} | "
+            lines.append(f"| {md_escape(d.attribute)} | {md_escape(d.key)} | {fmt(d.difference)} | "
                          f"{fmt_ci(d.diff_ci_low, d.diff_ci_high)} | {fmt(d.p_holm, 'p')} | {res} |")
     if s.clip is not None and s.clip.harmful_rates:
         lines += ["", "| attribute | group | harmful-label rate | 95% interval | n |", "|---|---|---:|---:|---:|"]

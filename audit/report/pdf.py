@@ -126,7 +126,7 @@ def render_pdf(summary: AuditSummary, path: str | os.PathLike[str], *, figures: 
         story.append(_image(figures[name], W, H * 0.45))
     main = [r for _, r in s.performance_table(main=True)]
     story.append(_table(st, ["attribute", "group", "metric", "value", "95% interval", "n"],
-                        [(r.attribute, r.group, r.metric, fmt(r.value), fmt_ci(r.ci_low, r.ci_high), fmt(r.n, "int"))
+                        [(r.attribute, r.group, r.key, fmt(r.value), fmt_ci(r.ci_low, r.ci_high), fmt(r.n, "int"))
                          for r in main], width=W, col_frac=[2, 2, 2, 1, 1.6, 0.8], shaded=[r.small for r in main]))
 
     story.append(P("Disparity tests", st["h2"]))

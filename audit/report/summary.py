@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from audit.findings import headline, summary_line
+from audit.findings import headline, metric_key, summary_line
 from audit.runs import Run, utc_now
 
 SUMMARY_SCHEMA_VERSION = 1
@@ -191,6 +191,11 @@ class PerformanceRow(_Model):
     small: bool
     note: str = ""
 
+    @property
+    def key(self) -> str:
+        """Metric name that never collides: ``balanced_accuracy`` / ``balanced_accuracy[macro]`` / ``tpr[cat]``."""
+        return metric_key(self.metric, self.cls)
+
 
 class DisparityRow(_Model):
     attribute: str
@@ -214,6 +219,13 @@ class DisparityRow(_Model):
     significant: bool
     test: str
     note: str = ""
+    family: str = "range"
+    correction: str = ""
+
+    @property
+    def key(self) -> str:
+        """Metric name that never collides (see :func:`audit.findings.metric_key`)."""
+        return metric_key(self.metric, self.cls)
 
 
 class EmbeddingGroupRow(_Model):

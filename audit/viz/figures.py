@@ -137,9 +137,9 @@ def forest_plot(disparities: Any, *, title: str = "Disparities: max-min gap (95%
     for i, r in enumerate(recs):
         y = len(recs) - 1 - i
         sig = bool(r.get("significant"))
-        cls = r.get("cls", "")
-        labels.append(f"{r['metric']}{'' if cls in ('__all__', '__macro__', '', None) else ' [' + str(cls) + ']'}"
-                      f" | {r['attribute']}")
+        from audit.findings import metric_key
+
+        labels.append(f"{metric_key(str(r['metric']), str(r.get('cls') or '__all__'))} | {r['attribute']}")
         if _finite(r.get("diff_ci_low")) and _finite(r.get("diff_ci_high")):
             ax.plot([r["diff_ci_low"], r["diff_ci_high"]], [y, y], color="0.2", lw=1.5)
         ax.plot([r["difference"]], [y], marker="o" if sig else "s", ms=7, color="#D55E00" if sig else "#0072B2",

@@ -1,14 +1,19 @@
-"""Compare: two runs side by side, per-group metrics and their differences."""
+"""Compare: two runs side by side, per-group metrics, their differences and both runs' leading findings."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
 from audit.errors import AuditError
+from audit.report.compare import finding_pairs
 from dashboards import cache, state
 from dashboards.ui import esc, fmt_p, paired_interval_figure
+
+
+def _n(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
 
 st.title("Compare runs")
 runs = state.startup().runs
@@ -81,21 +86,18 @@ right.dataframe(table, hide_index=True, width="stretch", key="cmp_groups",
 st.caption("Each run's intervals are its own 95% bootstrap intervals; the per-group difference B − A is a point "
            "estimate (the runs' resamples are not paired).")
 
-da, db = cache.table(pa, "disparities"), cache.table(pb, "disparities")
-if da is not None and db is not None:
-    st.subheader("Disparity gaps")
-    kk = ["attribute", "metric", "cls"]
-    d = da.merge(db, on=kk, suffixes=("_a", "_b"), how="inner")
-    d = d[d["attribute"] == attribute]
-    out = pd.DataFrame({
-        "metric": d["metric"], "class": d["cls"],
-        "gap A": d["difference_a"], "p_holm A": d["p_holm_a"].map(fmt_p), "significant A": d["significant_a"],
-        "gap B": d["difference_b"], "p_holm B": d["p_holm_b"].map(fmt_p), "significant B": d["significant_b"],
-        "gap B − A": d["difference_b"] - d["difference_a"],
-    })
-    st.dataframe(out, hide_index=True, width="stretch", key="cmp_disp",
-                 column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ("gap A", "gap B", "gap B − A")})
-    acc = d[(d["metric"] == "accuracy")]
-    if not acc.empty and np.isfinite(acc["difference_a"].iloc[0]) and np.isfinite(acc["difference_b"].iloc[0]):
-        st.text(f"Accuracy gap across {attribute}: A {acc['difference_a'].iloc[0]:.4f}, "
-                f"B {acc['difference_b'].iloc[0]:.4f}")
+# -- what each run's findings ledger leads with, side by side (read, never re-estimated) -----
+st.subheader("Leading findings of A and B")
+pairs = finding_pairs(cache.findings(pa), cache.findings(pb))
+if not pairs:
+    st.info("Neither run has a finding.")
+else:
+    st.markdown("\n".join(f"- {esc(f.text)}" for f in pairs))
+    st.dataframe(pd.DataFrame([{
+        "kind": f.kind, "attribute": f.attribute, "metric": f.label, "family": f.family,
+        "gap A": f.a_gap, "CI A": f"[{_n(f.a_ci_low)}, {_n(f.a_ci_high)}]", "p_adj A": fmt_p(f.a_p_adj),
+        "A": f.a_status, "gap B": f.b_gap, "CI B": f"[{_n(f.b_ci_low)}, {_n(f.b_ci_high)}]",
+        "p_adj B": fmt_p(f.b_p_adj), "B": f.b_status} for f in pairs]), hide_index=True, width="stretch",
+        key="cmp_findings", column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ("gap A", "gap B")})
+    st.caption("Each run's gap, interval and corrected p-value come from its own findings ledger; a finding "
+               "marked absent was not computed in that run.")

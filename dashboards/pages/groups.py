@@ -61,8 +61,9 @@ else:
     pcol = "p_holm" if correction == "holm" else "p_bh"
     d["significant"] = (d[pcol] < a).fillna(False)
     d = d.sort_values(pcol, na_position="last")
-    cols = ["attribute", "metric", "cls", "k", "n_excluded", "max_group", "max_value", "min_group", "min_value",
-            "difference", "diff_ci_low", "diff_ci_high", "ratio", "p_value", pcol, "significant", "note"]
+    cols = ["attribute", "metric", "cls", "family", "k", "n_excluded", "max_group", "max_value", "min_group",
+            "min_value", "difference", "diff_ci_low", "diff_ci_high", "ratio", "p_value", pcol, "significant",
+            "correction", "note"]
     st.dataframe(d[[c for c in cols if c in d]], hide_index=True, width="stretch", key="gr_disp",
                  column_config={c: st.column_config.NumberColumn(format="%.4f")
                                 for c in ("max_value", "min_value", "difference", "diff_ci_low", "diff_ci_high",
@@ -70,9 +71,10 @@ else:
     n_sig = int(d["significant"].sum())
     tested = int(d["p_value"].notna().sum())
     st.caption(f"{n_sig} of {tested} tested gaps significant at α = {a} after "
-               f"{'Holm' if correction == 'holm' else 'Benjamini–Hochberg'} correction over all "
-               f"{int(disp['p_value'].notna().sum())} tests of the run. The gap (max − min across groups) is "
-               "tested with a permutation null, since it is never zero by chance.")
+               f"{'Holm' if correction == 'holm' else 'Benjamini–Hochberg'} correction within each family of "
+               "tests (the correction column names it; Holm is what the findings and the release gate use). "
+               "The gap (max − min across groups) is tested with a permutation null, since it is never zero by "
+               "chance; untested rows say why in their note.")
     row = disp[(disp["attribute"] == attribute) & (disp["metric"] == metric) & (disp["cls"].astype(str) == cls)]
     if not row.empty:
         r = row.iloc[0]
