@@ -152,7 +152,7 @@ def explanations(ctx: Context) -> None:
     import torch
 
     from audit.explain import ClassTarget, explain
-    from audit.explain.faithfulness import faithfulness_table
+    from audit.explain.faithfulness import chance_levels, faithfulness_table, faithfulness_verdicts
     from audit.explain.quality import map_problems
     from audit.explain.sanity import model_randomization
 
@@ -234,8 +234,13 @@ def explanations(ctx: Context) -> None:
         faith = pd.concat(faith_frames, ignore_index=True)
         faith["pointing_hit"] = faith["pointing_hit"].astype("boolean")
         faith["mass_in_mask"] = pd.to_numeric(faith["mass_in_mask"], errors="coerce")
+        if masks_all is not None:  # per-image chance of the mask scores, for faithfulness_verdicts
+            chance = chance_levels(masks_all, lay.grid, tolerance_px=tolerance)
+            chance.insert(0, "row_id", np.asarray(rows, dtype=np.int64))
+            faith = faith.merge(chance, on="row_id", how="left")
         ctx.run.write_table("faithfulness", faith)
         ctx.run.write_table("faithfulness_summary", _faith_summary(faith, ctx.config.stats.seed))
+    sanity = None
     if ex.sanity:
         n = min(ex.sanity_images, len(rows))
         frames = [
@@ -245,7 +250,14 @@ def explanations(ctx: Context) -> None:
             )
             for m in methods
         ]
-        ctx.run.write_table("sanity", pd.concat(frames, ignore_index=True))
+        sanity = pd.concat(frames, ignore_index=True)
+        ctx.run.write_table("sanity", sanity)
+    if faith_frames:  # every map is shown with its method's verdict against the random map
+        st = ctx.config.stats
+        ctx.run.write_table("faithfulness_verdicts", faithfulness_verdicts(
+            faith, sanity, alpha=st.alpha, n_boot=st.n_boot, n_perm=st.n_perm, seed=st.seed, perturbation=ex.baseline))
+        ctx.run.meta["faithfulness"] = {"baseline": ex.baseline, "insertion_start": "blur",
+                                        "steps": ex.faithfulness_steps, "random_map": "uniform, seeded per batch"}
     if masks_all is not None and ctx.group_columns:
         from audit.stats import region_mass_by_group
 

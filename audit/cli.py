@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", help="CLIP: explain the similarity to this text")
     e.add_argument("--out", type=Path, default=Path("explain.png"))
     e.add_argument("--steps", type=int, default=16, help="deletion-curve steps for the AUC in each title")
+    e.add_argument("--baseline", choices=["blur", "black"], default="blur",
+                   help="what deleted patches become for the deletion AUC (default blur, as explain.baseline "
+                        "in a run config); named in every title")
     e.add_argument("--device", default="cpu")
 
     d = sub.add_parser("demo", help="audit the canary models on the synthetic test set (the main job)")
@@ -116,6 +119,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return explain_images(
             args.images, model=args.model, checkpoint=args.checkpoint, methods=args.method.split(","),
             target=args.target, prompt=args.prompt, out=args.out, steps=args.steps, device=args.device,
+            baseline=args.baseline,
         )
     if cmd == "demo":
         from audit.demo import run_demo

@@ -1,8 +1,10 @@
 """``vision-audit explain``: explain image files with several methods into one PNG grid.
 
 One row per image, one column per method (after the image itself); each map is
-titled with its deletion AUC (lower = more faithful) and the AUC of a random map. A CLIP
-prompt target has no class probability, so its maps carry no deletion AUC.
+titled with its method's verdict against a random map over the given images, its deletion AUC
+(lower = more faithful), the AUC of a random map and the deletion baseline (``--baseline``, blur
+by default as ``explain.baseline`` in a run config), e.g. "deletion AUC 0.31 (random 0.52, blur
+baseline)". A CLIP prompt target has no class probability, so its maps carry no deletion AUC.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ def explain_images(
     out: Path = Path("explain.png"),
     steps: int = 16,
     device: str = "cpu",
+    baseline: str = "blur",
 ) -> int:
     import torch
     from tqdm.auto import tqdm
@@ -35,6 +38,8 @@ def explain_images(
     from audit.models import load_model
     from audit.registry import METHODS
 
+    if baseline not in ("blur", "black"):
+        raise UsageError(f"--baseline {baseline!r}: use blur or black (what deleted patches become)")
     methods = [m.strip() for m in methods if m.strip()]
     for m in methods:
         METHODS.get(m)  # unknown method -> UsageError listing the known ones
@@ -69,29 +74,61 @@ def explain_images(
         e = explain(adapter, x, method=m, target=tgt)
         if prompt is None:
             rnd = random_map_like(e.grid_maps, seed=0)
-            faith = deletion_insertion(adapter, x, e.grid_maps, target=tgt, steps=steps, mode="deletion")
-            base = deletion_insertion(adapter, x, rnd, target=tgt, steps=steps, mode="deletion")
+            kw = {"target": tgt, "steps": steps, "mode": "deletion", "baseline": baseline}
+            faith = deletion_insertion(adapter, x, e.grid_maps, **kw)
+            base = deletion_insertion(adapter, x, rnd, **kw)
             results[m] = (e, faith.deletion_auc, base.deletion_auc)
         else:  # a single prompt has no class probability: no deletion curve
             results[m] = (e, None, None)
         bar.update(1)
     bar.close()
-    fig = overlay_grid(pil, x, adapter, results)
+    verdicts = _verdicts(results, baseline)
+    fig = overlay_grid(pil, x, adapter, results, baseline=baseline, verdicts=verdicts)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     print(f"wrote {out} ({len(images)} image(s) x {len(methods)} method(s))")
+    for m, (verdict, reason) in verdicts.items():
+        print(f"  {m}: {verdict} ({reason})")
     return 0
 
 
-def overlay_grid(pil, x, adapter, results):
-    """Figure: rows = images, columns = the image then one overlay per method (OO API)."""
+def _verdicts(results, baseline: str) -> dict[str, tuple[str, str]]:
+    """method -> (verdict, reason): deletion AUC against the random map, paired over the images."""
+    import numpy as np
+    import pandas as pd
+
+    from audit.explain.faithfulness import faithfulness_verdicts
+
+    frames = []
+    for m, (e, dele, rnd) in results.items():
+        if dele is None:
+            continue
+        ok = np.asarray([not p for p in e.problems])
+        frames.append(pd.DataFrame({
+            "method": m, "row_id": np.arange(len(dele)),
+            "deletion_auc": np.where(ok, dele, np.nan), "random_deletion_auc": np.where(ok, rnd, np.nan),
+            "map_problem": [p or "" for p in e.problems],
+        }))
+    if not frames:
+        return {}
+    v = faithfulness_verdicts(pd.concat(frames, ignore_index=True), None, perturbation=baseline)
+    return {r.method: (r.verdict, r.reason) for r in v.drop_duplicates("method").itertuples()}
+
+
+def overlay_grid(pil, x, adapter, results, *, baseline: str = "blur", verdicts=None):
+    """Figure: rows = images, columns = the image then one overlay per method (OO API).
+
+    Every map's title names the method's verdict (``verdicts``: method -> (verdict, reason)), its
+    deletion AUC, the random map's and the deletion ``baseline``.
+    """
     import numpy as np
     from matplotlib.figure import Figure
 
     from audit.explain.quality import draw_problem
 
     n, k = len(pil), len(results)
-    fig = Figure(figsize=(2.2 * (k + 1), 2.3 * n))
+    verdicts = verdicts or {}
+    fig = Figure(figsize=(2.8 * (k + 1), 2.5 * n))
     axes = fig.subplots(n, k + 1, squeeze=False)
     shown = adapter.preprocess.denormalize(x).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
     for i in range(n):
@@ -109,7 +146,9 @@ def overlay_grid(pil, x, adapter, results):
             if dele is None:
                 axes[i, j].set_title(f"{m}\n(prompt: no deletion AUC)", fontsize=7)
             else:
-                axes[i, j].set_title(f"{m}\ndel. AUC {float(dele[i]):.3f} (random {float(rnd[i]):.3f})", fontsize=7)
+                head = f"{m}: {verdicts[m][0]}" if m in verdicts else m
+                axes[i, j].set_title(f"{head}\ndeletion AUC {float(dele[i]):.2f} (random {float(rnd[i]):.2f}, "
+                                     f"{baseline} baseline)", fontsize=6)
     for ax in np.ravel(axes):
         ax.set_axis_off()
     fig.tight_layout()

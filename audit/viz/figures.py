@@ -257,6 +257,7 @@ def overlay_figure(
     title: str = "",
     captions: Mapping[str, str] | None = None,
     show_maps: bool = True,
+    verdicts: Mapping[str, str] | None = None,
 ) -> Figure:
     """Image | (map | overlay) per method.
 
@@ -266,8 +267,12 @@ def overlay_figure(
         title: figure title.
         captions: method -> extra caption line (e.g. "del 0.31 / ins 0.62").
         show_maps: also show each map alone (else only the overlays).
+        verdicts: method -> its verdict against a random map (``faithfulness_verdicts``, e.g.
+            "better than random"), added to every panel title of that method; methods without one
+            get no verdict line (none is made up).
     """
     captions = captions or {}
+    verdicts = verdicts or {}
     per = 2 if show_maps else 1
     ncol = 1 + per * len(maps)
     fig = Figure(figsize=(1.5 * ncol, 1.9), layout="constrained")
@@ -279,21 +284,22 @@ def overlay_figure(
     for i, (method, m) in enumerate(maps.items()):
         raw = np.asarray(m, dtype=np.float32)
         problem = map_problem(raw)
+        verdict = f"\n{verdicts[method]}" if verdicts.get(method) else ""
         if problem:  # a NaN/Inf or constant map is named, never drawn as a blank or uniform heat map
             for j in range(per):
                 draw_problem(axes[1 + per * i + j], problem, fontsize=6)
-                axes[1 + per * i + j].set_title(method, fontsize=6)
+                axes[1 + per * i + j].set_title(method + verdict, fontsize=6)
             continue
         rng = f"raw [{np.nanmin(raw):.2g}, {np.nanmax(raw):.2g}]"
         if show_maps:
             ax = axes[1 + per * i]
             ax.imshow(display_normalise(raw), cmap=MAP_CMAP, interpolation="nearest")
-            ax.set_title(f"{method}\n{rng}", fontsize=6)
+            ax.set_title(f"{method}\n{rng}{verdict}", fontsize=6)
         ax = axes[1 + per * i + (1 if show_maps else 0)]
         ax.imshow(overlay(image, raw))
         cap = captions.get(method, "")
         head = f"{method} overlay" if show_maps else f"{method} ({rng})"
-        ax.set_title(head + (f"\n{cap}" if cap else ""), fontsize=6)
+        ax.set_title(head + (f"\n{cap}" if cap else "") + verdict, fontsize=6)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])

@@ -1,5 +1,6 @@
 """Explain: browse images by group, label, prediction and correctness; stored maps of every method
-side by side with their faithfulness scores; live per-layer/per-head attention, rollout from a
+side by side with their faithfulness scores (named with the run's deletion baseline) and the method's
+verdict against a random map (table ``faithfulness_verdicts``; a run without it shows none); live per-layer/per-head attention, rollout from a
 chosen start layer and (CLIP) text-prompt maps when the model can be loaded."""
 
 from __future__ import annotations
@@ -107,6 +108,14 @@ info_cols = [c for c in ["row_id", "label", "pred", "score", "label_score", "cor
 st.table(view.iloc[[pos - 1]][info_cols].set_index("row_id"))
 
 faith = cache.faithfulness_for(path, row_id)
+# one deletion baseline per run: run.json "faithfulness" (older runs: the config's explain.baseline)
+_fmeta = run.meta.get("faithfulness") or {}
+deletion_baseline = _fmeta.get("baseline") or ((run.meta.get("config") or {}).get("explain") or {}).get("baseline")
+base_label = f"{deletion_baseline} baseline" if deletion_baseline else "baseline not recorded"
+insertion_start = _fmeta.get("insertion_start", "blur")
+verdicts = cache.table(path, "faithfulness_verdicts")
+verdict_of = {} if verdicts is None or verdicts.empty else {
+    str(r["method"]): (str(r["verdict"]), str(r["reason"])) for _, r in verdicts.drop_duplicates("method").iterrows()}
 cols = st.columns(1 + max(1, len(methods)))
 with cols[0]:
     png, problem = cache.thumbnail(path, row_id, size=cache.OVERLAY)
@@ -122,21 +131,36 @@ for m, col in zip(methods, cols[1:]):
             st.info(f"{esc(m)}: no stored map for this image")
             continue
         st.image(res[0], caption=m)
+        if m in verdict_of:
+            st.markdown(f"**{esc(m)}: {esc(verdict_of[m][0])}**", help=esc(verdict_of[m][1]))
         if res[1]:
             st.warning(esc(res[1]))
         if not faith.empty and m in faith.index and pd.notna(faith.loc[m, "deletion_auc"]):
             f = faith.loc[m]
-            st.text(f"deletion AUC {float(f['deletion_auc']):.3f} (random {float(f['random_deletion_auc']):.3f})\n"
-                    f"insertion AUC {float(f['insertion_auc']):.3f} (random {float(f['random_insertion_auc']):.3f})")
+            st.text(f"deletion AUC {float(f['deletion_auc']):.3f} (random {float(f['random_deletion_auc']):.3f}, "
+                    f"{base_label})\n"
+                    f"insertion AUC {float(f['insertion_auc']):.3f} (random {float(f['random_insertion_auc']):.3f}, "
+                    f"{insertion_start} start)")
         else:
             st.caption("no faithfulness score stored")
-st.caption("Lower deletion AUC and higher insertion AUC mean a more faithful map; the random map's AUC is "
-           "the baseline.")
+st.caption(f"Lower deletion AUC and higher insertion AUC mean a more faithful map; each is shown beside a "
+           f"random map's AUC on the same image. Deleted patches become the {base_label} of this run"
+           f"{'' if deletion_baseline else ' (an older run: see its config)'}; insertion reveals patches on a "
+           f"{insertion_start} start."
+           + (" The verdict under each map tests the method against the random map over all explained images "
+              "(paired, Holm-corrected; hover for the numbers)." if verdict_of else ""))
 
 summary = cache.table(path, "faithfulness_summary")
-if summary is not None and not summary.empty:
+if (summary is not None and not summary.empty) or verdict_of:
     with st.expander("Faithfulness over all explained images"):
-        st.dataframe(summary, hide_index=True, width="stretch")
+        if verdict_of:
+            st.markdown(f"**Against a random map** (deletion: {esc(base_label)})")
+            vcols = ["method", "score", "baseline", "value", "random_value", "difference", "ci_low", "ci_high", "n",
+                     "p_adj", "better", "worse", "verdict"]
+            st.dataframe(verdicts[[c for c in vcols if c in verdicts]], hide_index=True, width="stretch",
+                         key="ex_verdicts")
+        if summary is not None and not summary.empty:
+            st.dataframe(summary, hide_index=True, width="stretch")
 
 # -- stored per-layer attention (optional files) ------------------------------------------------------------
 stored_layers = cache.layer_attention_files(path)

@@ -186,6 +186,37 @@ def test_explain_names_unusable_maps_instead_of_drawing_them(app, clf_run: Run, 
     assert len(at.image) == 12 + 1 + len(run.methods)  # a placeholder stands where the map would be
 
 
+def test_explain_names_the_baseline_and_shows_each_methods_verdict(app, clf_run: Run, tmp_path) -> None:
+    import shutil
+
+    from audit.explain.faithfulness import faithfulness_verdicts
+
+    # the factory run has no verdicts table and no recorded baseline: nothing is invented
+    at = app(clf_run, page="pages/explain.py")
+    no_exception(at)
+    assert not any("random" in str(m.value) and "**" in str(m.value) for m in at.markdown)
+    assert all("baseline not recorded" in t.value for t in at.text if t.value.startswith("deletion AUC"))
+    path = tmp_path / "with-verdicts"
+    shutil.copytree(clf_run.path, path)
+    run = Run.open(path)
+    v = faithfulness_verdicts(run.table("faithfulness"), run.table("sanity"), n_boot=200, n_perm=499,
+                              perturbation="black")
+    run.write_table("faithfulness_verdicts", v)
+    run.meta["faithfulness"] = {"baseline": "black", "insertion_start": "blur", "steps": 16}
+    run.save_meta()
+    at = app(run, page="pages/explain.py")
+    no_exception(at)
+    shown = [t.value for t in at.text if t.value.startswith("deletion AUC")]
+    assert len(shown) == len(run.methods) and all(", black baseline)" in t and "blur start" in t for t in shown)
+    per = v.drop_duplicates("method").set_index("method")["verdict"]
+    labels = [str(m.value).replace("\\", "") for m in at.markdown]
+    for m in run.methods:  # next to every map
+        assert f"**{m}: {per[m]}**" in labels, labels
+    assert per["rollout"] == "fails the sanity check"  # the factory's rollout is flagged
+    table = frame_with(at, "method", "score", "verdict", "p_adj")
+    assert set(table["method"]) == set(run.methods)
+
+
 def test_explain_next_and_filters(app, clf_run: Run) -> None:
     at = app(clf_run, page="pages/explain.py")
     stored = set(clf_run.maps(clf_run.methods[0])[1].tolist())
