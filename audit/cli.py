@@ -49,6 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("images", nargs="+", type=Path)
     e.add_argument("--model", required=True, help="model spec, e.g. timm:vit_base_patch16_224 or zoo:vit-biased")
     e.add_argument("--checkpoint", type=Path)
+    pe = e.add_argument_group("model loading and preprocessing (as model.* in a run config; default: the "
+                              "checkpoint's own record, else the family's config for the architecture)")
+    pe.add_argument("--input-size", metavar="N|H,W", help="size fed to the model (model.preprocess.input_size)")
+    crop = pe.add_mutually_exclusive_group()
+    crop.add_argument("--resize", type=int, metavar="N", help="shorter side before the centre crop")
+    crop.add_argument("--crop-pct", type=float, metavar="F", help="input_size / resize, e.g. 0.875; 1 = no crop")
+    pe.add_argument("--resize-mode", choices=["shortest", "squash"])
+    pe.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest", "lanczos"])
+    pe.add_argument("--mean", metavar="R,G,B", help="normalisation mean, e.g. 0.5,0.5,0.5")
+    pe.add_argument("--std", metavar="R,G,B", help="normalisation std, e.g. 0.5,0.5,0.5")
+    pe.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="adapter option (model.options), VALUE read as YAML, e.g. dynamic_img_size=true; repeatable")
+    pe.add_argument("--class-names", metavar="A,B,C", help="class names of the classifier head (model.class_names)")
+    pe.add_argument("--num-classes", type=int, metavar="N", help="classes of the checkpoint's head (timm num_classes)")
     e.add_argument("--method", default="rollout", help="comma-separated methods (vision-audit explain --list-methods)")
     g = e.add_mutually_exclusive_group()
     g.add_argument("--target", help="class name or index to explain (default: the predicted class)")
@@ -114,12 +128,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "run":
         return _cmd_run(args)
     if cmd == "explain":
-        from audit.explain_cli import explain_images
+        from audit.explain_cli import explain_images, model_args_from_cli
 
         return explain_images(
             args.images, model=args.model, checkpoint=args.checkpoint, methods=args.method.split(","),
             target=args.target, prompt=args.prompt, out=args.out, steps=args.steps, device=args.device,
-            baseline=args.baseline,
+            baseline=args.baseline, **model_args_from_cli(args),
         )
     if cmd == "demo":
         from audit.demo import run_demo

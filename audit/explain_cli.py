@@ -12,8 +12,72 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from audit.errors import UsageError
+
+
+def model_args_from_cli(args: Any) -> dict[str, Any]:
+    """``explain_images`` keyword arguments from the explain subcommand's loading options.
+
+    ``--input-size N`` or ``H,W``; ``--mean``/``--std`` ``R,G,B``; ``--option KEY=VALUE`` (VALUE read
+    as a YAML scalar: ``true``, ``3``, ``0.5``, ``name``); ``--class-names a,b,c``.
+
+    Raises:
+        UsageError: a value that does not parse, naming the flag.
+    """
+    pp: dict[str, Any] = {}
+    if getattr(args, "input_size", None):
+        size = _numbers(args.input_size, "--input-size", int)
+        if len(size) not in (1, 2):
+            raise UsageError(f"--input-size {args.input_size!r}: give N or H,W (e.g. 224 or 224,320)")
+        pp["input_size"] = size[0] if len(size) == 1 else tuple(size)
+    for key in ("resize", "crop_pct", "resize_mode", "interpolation"):
+        if getattr(args, key, None) is not None:
+            pp[key] = getattr(args, key)
+    for key in ("mean", "std"):
+        if getattr(args, key, None):
+            vals = _numbers(getattr(args, key), f"--{key}", float)
+            if len(vals) != 3:
+                raise UsageError(f"--{key} {getattr(args, key)!r}: give three comma-separated values R,G,B")
+            pp[key] = tuple(vals)
+    options: dict[str, Any] = {}
+    for item in getattr(args, "option", None) or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--option {item!r}: use KEY=VALUE, e.g. --option dynamic_img_size=true")
+        options[key.strip()] = _yaml_scalar(raw, item)
+    names = [c.strip() for c in args.class_names.split(",") if c.strip()] if getattr(args, "class_names", None) \
+        else None
+    return {"preprocess": pp or None, "options": options or None, "class_names": names,
+            "num_classes": getattr(args, "num_classes", None)}
+
+
+def _numbers(text: str, flag: str, kind: type) -> list[Any]:
+    try:
+        return [kind(v) for v in str(text).replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: expected comma-separated numbers") from None
+
+
+def _yaml_scalar(raw: str, item: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise UsageError(f"--option {item!r}: the value is not a YAML scalar ({e})") from None
+
+
+def _print_preprocessing(pp: Any, sizes: Sequence[tuple[int, int]], names: Sequence[str]) -> None:
+    """The resolved preprocessing and its sources (one line), then the warnings a run would record."""
+    print(f"preprocessing: {pp.describe()}", file=sys.stderr)
+    texts = list(pp.warnings)
+    up = pp.upscale_warning(sizes, names=names)
+    if up:
+        texts.append(up)
+    for text in texts:
+        print(f"warning: {text}", file=sys.stderr)
 
 
 def explain_images(
@@ -28,7 +92,17 @@ def explain_images(
     steps: int = 16,
     device: str = "cpu",
     baseline: str = "blur",
+    preprocess: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
+    class_names: Sequence[str] | None = None,
+    num_classes: int | None = None,
 ) -> int:
+    """Explain ``images`` with ``methods`` into one PNG grid at ``out``.
+
+    ``preprocess`` (``model.preprocess`` keys), ``options`` (``model.options``), ``class_names`` and
+    ``num_classes`` load the model as a run config would; the resolved preprocessing and where each
+    value came from are printed on stderr, with the same warnings as a run.
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -43,7 +117,12 @@ def explain_images(
     methods = [m.strip() for m in methods if m.strip()]
     for m in methods:
         METHODS.get(m)  # unknown method -> UsageError listing the known ones
-    adapter = load_model(model, checkpoint=str(checkpoint) if checkpoint else None, device=device)
+    opts = dict(options or {})
+    if num_classes is not None:
+        opts["num_classes"] = int(num_classes)
+    adapter = load_model(model, checkpoint=str(checkpoint) if checkpoint else None, device=device,
+                         class_names=list(class_names) if class_names else None, preprocess=preprocess or None,
+                         **opts)
     if adapter.kind == "clip" and prompt is None:
         raise UsageError(f"{model} is a CLIP model: give --prompt TEXT to explain its similarity to a text")
     if prompt is not None and adapter.kind != "clip":
@@ -54,6 +133,7 @@ def explain_images(
         img = open_image(p)
         pil.append(img)
         xs.append(tf(img))
+    _print_preprocessing(adapter.preprocess, [im.size for im in pil], [Path(p).name for p in images])
     x = torch.stack(xs).to(device)
     if prompt is not None:
         tgt = PromptTarget(prompt)

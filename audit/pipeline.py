@@ -66,13 +66,22 @@ def load_classifier(config: AuditConfig, class_names: Sequence[str] | None = Non
     ``classifier is adapter`` for plain classifiers.
     """
     from audit.models import ZeroShotHead, load_model
+    from audit.models.base import normalize_preprocess
 
+    # model.preprocess wins over model.options.preprocess (open_clip's older form of the same)
+    options = dict(config.model.options)
+    preprocess = normalize_preprocess(options.pop("preprocess", None), what="model.options.preprocess")
+    given = normalize_preprocess(config.model.preprocess.given(), what="model.preprocess")
+    if "resize" in given or "crop_pct" in given:
+        preprocess = {k: v for k, v in preprocess.items() if k not in ("resize", "crop_pct")}
+    preprocess.update(given)
     adapter = load_model(
         config.model.spec,
         checkpoint=str(config.model.checkpoint) if config.model.checkpoint else None,
         device=device,
         class_names=config.model.class_names,
-        **config.model.options,
+        preprocess=preprocess,
+        **options,
     )
     if adapter.kind != "clip":
         return adapter, adapter
@@ -634,7 +643,11 @@ def _write_failure(path: Path, exc: OSError, index: int, n_shards: int, written:
 
 
 def config_fingerprint(config: AuditConfig) -> str:
-    """Hash of the parts of the config that change the forward results (for --resume)."""
+    """Hash of the parts of the config that change the forward results (for --resume).
+
+    ``model`` includes ``model.preprocess`` (and ``model.options``): changing the preprocessing
+    changes the fingerprint.
+    """
     relevant = {
         "model": config.model.model_dump(mode="json"),
         "data": config.data.model_dump(mode="json"),
@@ -686,7 +699,7 @@ def run_audit(config: AuditConfig, *, progress: Progress | None = None, log: Cal
         class_hint = manifest.class_names if labels_present else None
         adapter, classifier = load_classifier(config, class_hint, device=device)
         class_names = list(classifier.class_names or [])
-        run = _open_or_create_run(config, adapter, manifest, df, device)
+        run = _open_or_create_run(config, adapter, manifest, df, device, log=log)
         run.meta["skipped"] = list(manifest.skipped)
     log(f"model {adapter.spec} ({adapter.kind}), {len(df)} images, output {run.path}")
 
@@ -778,7 +791,11 @@ def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     return {**cfg, "run": run}
 
 
-def _open_or_create_run(config: AuditConfig, adapter: Any, manifest: Any, df: Any, device: str) -> Run:
+def _open_or_create_run(config: AuditConfig, adapter: Any, manifest: Any, df: Any, device: str,
+                        log: Callable[[str], None] | None = None) -> Run:
+    preprocessing = _preprocessing_meta(adapter, df)
+    for text in preprocessing["warnings"]:
+        (log or (lambda s: None))(f"warning: {text}")
     meta = {
         "config": config.model_dump(mode="json"),
         "config_fingerprint": config_fingerprint(config),
@@ -797,6 +814,7 @@ def _open_or_create_run(config: AuditConfig, adapter: Any, manifest: Any, df: An
         "device_name": _device_name(device),
         "dtype": {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[config.run.precision],
         "backend": config.run.backend,
+        "preprocessing": preprocessing,
     }
     out = config.run.output
     if config.run.resume and (out / "run.json").is_file():
@@ -808,6 +826,10 @@ def _open_or_create_run(config: AuditConfig, adapter: Any, manifest: Any, df: An
             )
         if run.meta.get("model", {}).get("fingerprint") != meta["model"]["fingerprint"]:
             raise RunError(f"{out}: the model weights changed since the interrupted run; use --overwrite")
+        before = (run.meta.get("preprocessing") or {}).get("values")
+        if before is not None and before != preprocessing["values"]:
+            raise RunError(f"{out}: the resolved preprocessing changed since the interrupted run ({before} -> "
+                           f"{preprocessing['values']}); use --overwrite")
         if run.meta.get("dataset", {}).get("fingerprint") != meta["dataset"]["fingerprint"]:
             raise RunError(
                 f"{out}: the manifest or its image files changed since the interrupted run; use --overwrite"
@@ -819,6 +841,42 @@ def _open_or_create_run(config: AuditConfig, adapter: Any, manifest: Any, df: An
         run.save_meta()
         return run
     return Run.create(out, overwrite=config.run.overwrite, meta=meta)
+
+
+#: how many of the first manifest rows are opened (header only) to see whether images are upscaled
+_SIZE_PROBE = 16
+
+
+def _preprocessing_meta(adapter: Any, df: Any) -> dict[str, Any]:
+    """run.json ``preprocessing``: resolved values, their sources, and the warnings (a guess, upscaling)."""
+    pp = adapter.preprocess
+    warnings = list(pp.warnings)
+    sizes, names = _first_image_sizes(df, _SIZE_PROBE)
+    up = pp.upscale_warning(sizes, names=names) if sizes else None
+    if up:
+        warnings.append(up)
+    return {"values": pp.values(), "sources": dict(pp.sources), "warnings": warnings}
+
+
+def _first_image_sizes(df: Any, n: int) -> tuple[list[tuple[int, int]], list[str]]:
+    """``(W, H)`` of the first ``n`` readable images (PIL reads the header only); unreadable ones are skipped."""
+    import warnings
+
+    from PIL import Image
+
+    sizes, names = [], []
+    paths = df["path"].head(n).tolist() if "path" in getattr(df, "columns", ()) else []
+    for p in paths:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. a decompression-bomb notice: the decoder decides later
+                im = Image.open(p)
+            with im:
+                sizes.append((int(im.size[0]), int(im.size[1])))
+                names.append(Path(str(p)).name)
+        except Exception:  # noqa: BLE001, S112 - a bad image is the forward pass's to report, not this probe's
+            continue
+    return sizes, names
 
 
 def _device_name(device: str) -> str:

@@ -14,12 +14,21 @@ Families are registered in :data:`audit.registry.ADAPTERS` (``timm``, ``open_cli
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from audit.errors import ModelLoadError, UsageError
-from audit.models.base import Adapter, AttentionPatch, ModelSpec, Preprocess, TokenLayout, weights_hash
+from audit.models.base import (
+    Adapter,
+    AttentionPatch,
+    ModelSpec,
+    Preprocess,
+    TokenLayout,
+    normalize_preprocess,
+    weights_hash,
+)
 from audit.registry import ADAPTERS
 
 __all__ = [
@@ -51,6 +60,7 @@ def load_model(
     checkpoint: str | None = None,
     device: str | torch.device = "cpu",
     class_names: list[str] | None = None,
+    preprocess: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> Adapter:
     """Load a model behind the uniform :class:`Adapter` interface.
@@ -63,6 +73,13 @@ def load_model(
             with ``torch.load(weights_only=True)``). Overrides ``spec.checkpoint``.
         device: where to put the model.
         class_names: class names of a classifier head (length = number of classes).
+        preprocess: the user's preprocessing values (any of ``input_size``, ``resize`` or
+            ``crop_pct``, ``resize_mode``, ``interpolation``, ``mean``, ``std``; as
+            ``model.preprocess`` in a config). Every key left out comes from the preprocessing
+            stored with the checkpoint, else from the family's config for the architecture.
+            ``adapter.preprocess.sources`` says where each value came from and
+            ``adapter.preprocess.warnings`` holds the warning when the values are a guess (a run
+            records and prints it; ``vision-audit explain`` prints it).
         **options: family-specific options merged into ``spec.options`` (e.g. timm's
             ``img_size``, ``num_classes``, ``pretrained=False``).
 
@@ -72,6 +89,13 @@ def load_model(
     Raises:
         ModelLoadError: bad spec, unknown family, missing network, checkpoint that does not fit.
         UnsafeCheckpointError: a pickle checkpoint that would execute code.
+        UsageError: invalid preprocessing, or an ``input_size`` the model does not accept.
+
+    Example:
+        >>> a = load_model("timm:vit_small_patch16_224", checkpoint="my.safetensors",  # doctest: +SKIP
+        ...                preprocess={"crop_pct": 1.0, "interpolation": "bilinear"})
+        >>> a.preprocess.sources["crop_pct"], a.preprocess.sources["mean"]  # doctest: +SKIP
+        ('user', 'timm_default')
     """
     if isinstance(spec, str):
         spec = ModelSpec.parse(spec)
@@ -79,20 +103,42 @@ def load_model(
     opts.update(options)
     if class_names is not None:
         opts["class_names"] = list(class_names)
+    if preprocess is not None:
+        given = normalize_preprocess(opts.get("preprocess"), what="option preprocess")
+        explicit = normalize_preprocess(dict(preprocess), what="model.preprocess")
+        if "resize" in explicit or "crop_pct" in explicit:  # the explicit argument's crop rule wins
+            given.pop("resize", None)
+            given.pop("crop_pct", None)
+        opts["preprocess"] = {**given, **explicit}
     ckpt = checkpoint if checkpoint is not None else spec.checkpoint
     spec = ModelSpec(family=spec.family, name=spec.name, checkpoint=ckpt, options=opts)
 
     if spec.family == "zoo":
-        return _load_zoo(spec, device=device)
-    try:
-        adapter_cls = ADAPTERS.get(spec.family)
-    except UsageError:
-        known = ", ".join(ADAPTERS.names() + ["zoo"])
-        raise ModelLoadError(
-            f"unknown model family {spec.family!r} in spec {spec.family}:{spec.name}; known families: {known} "
-            "(run `vision-audit models`)"
-        ) from None
-    return adapter_cls.load(spec, device=device)
+        adapter = _load_zoo(spec, device=device)
+    else:
+        try:
+            adapter_cls = ADAPTERS.get(spec.family)
+        except UsageError:
+            known = ", ".join(ADAPTERS.names() + ["zoo"])
+            raise ModelLoadError(
+                f"unknown model family {spec.family!r} in spec {spec.family}:{spec.name}; known families: {known} "
+                "(run `vision-audit models`)"
+            ) from None
+        adapter = adapter_cls.load(spec, device=device)
+        _check_input_size(adapter)
+    return adapter
+
+
+def _check_input_size(adapter: Adapter) -> None:
+    pp = adapter.preprocess
+    size = tuple(pp.size)
+    if adapter.supports_input_size(size):  # type: ignore[arg-type]
+        return
+    source = pp.sources.get("input_size", "?")
+    key = "model.preprocess.input_size (explain: --input-size)" if source == "user" else f"input_size ({source})"
+    raise UsageError(
+        f"{key} {size[0]}x{size[1]} is not an input size {adapter.spec} accepts: {adapter.input_size_hint}"
+    )
 
 
 def _load_zoo(spec: ModelSpec, *, device: str | torch.device) -> Adapter:
@@ -105,6 +151,13 @@ def _load_zoo(spec: ModelSpec, *, device: str | torch.device) -> Adapter:
         ) from e
     inner, path, extra = resolve(spec.name)
     opts = dict(extra or {})
+    recorded = getattr(zoo, "preprocess_of", None)
+    if callable(recorded):  # the values the canary was trained with, as the zoo's own record
+        opts.pop("preprocess", None)  # the same values in open_clip's form
+        kw = opts.get("model_kwargs")
+        if isinstance(kw, dict) and "pretrained_cfg_overlay" in kw:  # ... and in timm's
+            opts["model_kwargs"] = {k: v for k, v in kw.items() if k != "pretrained_cfg_overlay"}
+        opts["preprocess_layers"] = [("zoo", recorded(spec.name))]
     opts.update({k: v for k, v in spec.options.items()})
     inner_spec = ModelSpec.parse(inner) if isinstance(inner, str) else inner
     if inner_spec.family == "zoo":

@@ -12,6 +12,7 @@ Only two formats are read:
 
 from __future__ import annotations
 
+import json
 import pickle
 import warnings
 from collections.abc import Mapping
@@ -23,7 +24,14 @@ from torch import nn
 
 from audit.errors import ModelLoadError, UnsafeCheckpointError
 
-__all__ = ["check_state_dict", "conversion_hint", "load_state_dict_file", "save_state_dict"]
+__all__ = [
+    "check_state_dict",
+    "checkpoint_preprocess",
+    "conversion_hint",
+    "load_checkpoint",
+    "load_state_dict_file",
+    "save_state_dict",
+]
 
 _PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "model_ema", "state_dict_ema")
@@ -69,13 +77,20 @@ def _extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a local checkpoint file without executing code.
+    """Read a local checkpoint file without executing code (see :func:`load_checkpoint`)."""
+    return load_checkpoint(path)[0]
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """Read a local checkpoint file without executing code, with the preprocessing stored with it.
 
     Args:
         path: a ``.safetensors`` file, or a ``.pth``/``.pt``/``.bin``/``.ckpt`` state dict.
 
     Returns:
-        The state dict (CPU tensors), unwrapped from common training containers.
+        ``(state dict, preprocessing)``: the state dict (CPU tensors), unwrapped from common training
+        containers, and the preprocessing recorded with the weights (see :func:`checkpoint_preprocess`)
+        or ``None``.
 
     Raises:
         ModelLoadError: the file is missing, of an unknown type or not a state dict.
@@ -97,7 +112,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             sd = load_file(str(p), device="cpu")
         except Exception as e:  # safetensors raises its own error types
             raise ModelLoadError(f"checkpoint {p} is not a readable safetensors file: {e}") from e
-        return _extract_state_dict(sd, p)
+        return _extract_state_dict(sd, p), checkpoint_preprocess(p, _safetensors_metadata(p))
     if suffix in _PICKLE_SUFFIXES:
         try:
             with warnings.catch_warnings():
@@ -116,24 +131,144 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             ) from None
         except (RuntimeError, EOFError, OSError, ValueError) as e:
             raise ModelLoadError(f"checkpoint {p} could not be read as a PyTorch file: {e}") from e
-        return _extract_state_dict(obj, p)
+        return _extract_state_dict(obj, p), checkpoint_preprocess(p, obj if isinstance(obj, Mapping) else None)
     raise ModelLoadError(
         f"checkpoint {p}: unknown file type {suffix or '(no suffix)'!r}; "
         "use .safetensors (preferred) or a PyTorch state dict saved as .pth/.pt/.bin"
     )
 
 
-def save_state_dict(model_or_sd: nn.Module | Mapping[str, torch.Tensor], path: str | Path) -> Path:
-    """Save a model's weights as ``.safetensors`` (contiguous CPU copies; shared tensors duplicated)."""
+def save_state_dict(model_or_sd: nn.Module | Mapping[str, torch.Tensor], path: str | Path, *,
+                    preprocess: Any = None) -> Path:
+    """Save a model's weights as ``.safetensors`` (contiguous CPU copies; shared tensors duplicated).
+
+    Args:
+        model_or_sd: the model or its state dict.
+        path: a ``.safetensors`` file.
+        preprocess: the preprocessing the model was trained with (a
+            :class:`~audit.models.base.Preprocess` or a dict of ``input_size``, ``resize`` /
+            ``crop_pct``, ``resize_mode``, ``interpolation``, ``mean``, ``std``), stored in the file's
+            metadata under ``preprocess`` so that loading it needs no guess.
+
+    Example:
+        >>> save_state_dict(model, "my.safetensors",
+        ...                 preprocess={"input_size": 224, "crop_pct": 1.0, "interpolation": "bilinear"})  # doctest: +SKIP
+    """
     from safetensors.torch import save_file
 
     sd = model_or_sd.state_dict() if isinstance(model_or_sd, nn.Module) else model_or_sd
     p = Path(path)
     if p.suffix.lower() != ".safetensors":
         raise ValueError(f"save_state_dict writes .safetensors files only, got {p}")
+    metadata = None
+    if preprocess is not None:
+        from audit.models.base import Preprocess, normalize_preprocess
+
+        if isinstance(preprocess, Preprocess):
+            vals = preprocess.values()
+            vals.pop("resize")
+        else:
+            vals = normalize_preprocess(preprocess, what="save_state_dict(preprocess=...)")
+        metadata = {"preprocess": json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in vals.items()})}
     p.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}, str(p))
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}, str(p), metadata=metadata)
     return p
+
+
+#: hub layouts whose weights file has a config with the preprocessing next to it
+_SIDECARS = {
+    "model.safetensors": ("config.json", "pretrained_cfg"),  # timm push_to_hub
+    "pytorch_model.bin": ("config.json", "pretrained_cfg"),
+    "open_clip_model.safetensors": ("open_clip_config.json", "preprocess_cfg"),  # open_clip push_to_hub
+    "open_clip_pytorch_model.bin": ("open_clip_config.json", "preprocess_cfg"),
+}
+
+
+def _safetensors_metadata(p: Path) -> dict[str, str] | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return f.metadata()
+    except Exception:  # noqa: BLE001 - the weights were read already; metadata is optional
+        return None
+
+
+def checkpoint_preprocess(path: str | Path, container: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The preprocessing recorded with a checkpoint, in ``model.preprocess`` keys, or ``None``.
+
+    Looked for, in order: ``container`` (safetensors metadata, or the dict a ``.pth`` file holds
+    next to its state dict) under ``preprocess`` (our keys, see :func:`save_state_dict`),
+    ``pretrained_cfg`` (timm's data config: ``input_size (3, H, W)``, ``crop_pct``, ``crop_mode``,
+    ``interpolation``, ``mean``, ``std``) or ``preprocess_cfg`` (open_clip's: ``size``,
+    ``resize_mode``, ``interpolation``, ``mean``, ``std``); then, for the hub file names
+    (``model.safetensors``, ``open_clip_model.safetensors`` ...), the ``config.json`` /
+    ``open_clip_config.json`` next to it.
+
+    Raises:
+        ModelLoadError: the recorded preprocessing is not valid.
+    """
+    p = Path(path)
+    found: Any = None
+    if container:
+        for key in ("preprocess", "pretrained_cfg", "preprocess_cfg"):
+            if container.get(key) is not None:
+                found = container[key]
+                break
+    if found is None and p.name in _SIDECARS:
+        side, key = _SIDECARS[p.name]
+        f = p.parent / side
+        if f.is_file():
+            try:
+                cfg = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise ModelLoadError(f"checkpoint {p}: {f} is not readable JSON: {e}") from e
+            found = cfg.get(key) if isinstance(cfg, dict) else None
+            if found is None and isinstance(cfg, dict) and isinstance(cfg.get("model_cfg"), dict):
+                found = cfg["model_cfg"].get(key)
+    if found is None:
+        return None
+    if isinstance(found, str):
+        try:
+            found = json.loads(found)
+        except ValueError as e:
+            raise ModelLoadError(f"checkpoint {p}: its preprocessing metadata is not JSON: {e}") from e
+    if not isinstance(found, Mapping):
+        raise ModelLoadError(f"checkpoint {p}: its preprocessing metadata is a {type(found).__name__}, not a mapping")
+    return _from_foreign(dict(found), p)
+
+
+def _from_foreign(d: dict[str, Any], p: Path) -> dict[str, Any] | None:
+    """Our keys from our own, timm's or open_clip's form (other keys ignored)."""
+    from audit.errors import UsageError
+    from audit.models.base import normalize_preprocess
+
+    out: dict[str, Any] = {}
+    size = d.get("input_size", d.get("size"))
+    if size is not None:
+        size = list(size) if isinstance(size, list | tuple) else size
+        if isinstance(size, list) and len(size) == 3:  # timm: (C, H, W)
+            size = size[1:]
+        out["input_size"] = size
+    for k in ("resize", "crop_pct", "interpolation", "mean", "std"):
+        if d.get(k) is not None:
+            out[k] = d[k]
+    mode = d.get("resize_mode", d.get("crop_mode"))
+    if mode is not None:
+        mode = {"center": "shortest", "centre": "shortest"}.get(mode, mode)
+        if mode not in ("shortest", "squash"):
+            raise ModelLoadError(f"checkpoint {p}: recorded resize_mode {mode!r} is not supported (shortest, squash)")
+        out["resize_mode"] = mode
+    if out.get("crop_pct") is not None and float(out["crop_pct"]) > 1.0:
+        out["crop_pct"] = 1.0
+    if out.get("resize") is not None and out.get("crop_pct") is not None:
+        out.pop("resize")
+    if not out:
+        return None
+    try:
+        return normalize_preprocess(out, what=f"checkpoint {p.name}: recorded preprocessing")
+    except UsageError as e:
+        raise ModelLoadError(str(e)) from None
 
 
 def check_state_dict(

@@ -10,10 +10,12 @@ v5) returns no attention probabilities. The attention patch calls the module's o
 forward and records the probabilities it returns, which are the tensor multiplied with V
 (so they are on the gradient path).
 
-Preprocessing is read from ``preprocessor_config.json`` when the model directory (or
-cache) has one; otherwise from the model config's ``image_size`` with the processors'
+Preprocessing, per key: the user's value (option ``preprocess``) > the preprocessing stored
+with a ``checkpoint`` file > ``hf_config``: ``preprocessor_config.json`` when the model
+directory (or cache) has one; otherwise the model config's ``image_size`` with the processors'
 documented defaults: mean = std = (0.5, 0.5, 0.5) for ViT (``ViTImageProcessor``) and
-OpenAI's CLIP mean/std for CLIP (``CLIPImageProcessor``), bicubic for CLIP, bilinear for ViT.
+OpenAI's CLIP mean/std for CLIP (``CLIPImageProcessor``), bicubic for CLIP, bilinear for ViT
+(a guess, with a warning).
 """
 
 from __future__ import annotations
@@ -28,8 +30,18 @@ import torch
 from torch import nn
 
 from audit.errors import CaptureError, ModelLoadError, UsageError
-from audit.models.base import Adapter, AttentionPatch, ModelSpec, Preprocess, TokenLayout, Tower
-from audit.models.checkpoints import check_state_dict, load_state_dict_file
+from audit.models.base import (
+    Adapter,
+    AttentionPatch,
+    ModelSpec,
+    Preprocess,
+    TokenLayout,
+    Tower,
+    pop_preprocess_options,
+    resolve_preprocess,
+    with_guess_warning,
+)
+from audit.models.checkpoints import check_state_dict, load_checkpoint
 from audit.models.timm_vit import no_network_message
 from audit.registry import ADAPTERS
 
@@ -96,6 +108,7 @@ class HFAdapter(Adapter):
         "hf:./my_saved_model_dir",
     )
     description: ClassVar[str] = "Hugging Face transformers ViTForImageClassification / CLIPModel (extra 'hf')"
+    input_size_hint: ClassVar[str] = "transformers ViT / CLIP accept any multiple of the patch size"
 
     def __init__(self, spec: ModelSpec, model: nn.Module, model_type: str, preprocess: Preprocess,
                  class_names: list[str] | None, tokenizer: Any = None) -> None:
@@ -113,8 +126,9 @@ class HFAdapter(Adapter):
         tf = _import_transformers()
         opts = dict(spec.options)
         class_names = opts.pop("class_names", None)
+        user_pp, pp_layers = pop_preprocess_options(opts, what=f"hf:{spec.name}")
         if opts:
-            raise ModelLoadError(f"hf:{spec.name}: unknown options {sorted(opts)}; known: class_names")
+            raise ModelLoadError(f"hf:{spec.name}: unknown options {sorted(opts)}; known: class_names, preprocess")
         src = spec.name
         local = Path(src).expanduser()
         is_local = local.is_dir()
@@ -132,8 +146,9 @@ class HFAdapter(Adapter):
         if mtype not in _SUPPORTED:
             raise ModelLoadError(f"hf:{src}: model type {mtype!r} is not supported (supported: ViT, CLIP)")
         model_cls = tf.ViTForImageClassification if mtype == "vit" else tf.CLIPModel
+        ckpt_pp: dict[str, Any] | None = None
         if spec.checkpoint:
-            sd = load_state_dict_file(spec.checkpoint)
+            sd, ckpt_pp = load_checkpoint(spec.checkpoint)
             config._attn_implementation = "eager"
             model = model_cls(config)
             n_ckpt = sd["classifier.weight"].shape[0] if "classifier.weight" in sd else None
@@ -168,7 +183,13 @@ class HFAdapter(Adapter):
                 raise ModelLoadError(f"hf:{src}: {len(class_names)} class_names given, the model has {n_classes} classes")
         else:
             class_names = None
-        pp = _preprocess(where, is_local, config, mtype)
+        hf_values, from_processor = _config_values(where, is_local, config, mtype)
+        pp = resolve_preprocess([("user", user_pp), *pp_layers, ("checkpoint", ckpt_pp or {}),
+                                 ("hf_config", hf_values)])
+        if not from_processor:
+            proc = "CLIPImageProcessor" if mtype == "clip" else "ViTImageProcessor"
+            pp = with_guess_warning(pp, checkpoint=spec.checkpoint, label=f"hf:{src}", recorded=ckpt_pp is not None,
+                                    basis=f"transformers' {proc} defaults (no preprocessor_config.json in {where})")
         return cls(spec, model, mtype, pp, class_names, tokenizer)
 
     # -- structure ---------------------------------------------------------------------------
@@ -298,7 +319,8 @@ def _read_processor_config(where: str, is_local: bool) -> dict[str, Any] | None:
     return json.loads(Path(path).read_text()) if path else None
 
 
-def _preprocess(where: str, is_local: bool, config: Any, mtype: str) -> Preprocess:
+def _config_values(where: str, is_local: bool, config: Any, mtype: str) -> tuple[dict[str, Any], bool]:
+    """``(values, read from preprocessor_config.json)`` in ``model.preprocess`` keys."""
     vcfg = config.vision_config if mtype == "clip" else config
     img = vcfg.image_size
     size = (img, img) if isinstance(img, int) else tuple(img)
@@ -318,9 +340,13 @@ def _preprocess(where: str, is_local: bool, config: Any, mtype: str) -> Preproce
             if pc.get("do_center_crop", False):
                 crop = pc.get("crop_size", {})
                 ch = crop.get("height", size[0]) if isinstance(crop, dict) else crop
-                crop_pct = float(ch) / float(rs["shortest_edge"])
+                cw = crop.get("width", ch) if isinstance(crop, dict) else crop
+                size = (int(ch), int(cw))
+                crop_pct = float(min(size)) / float(rs["shortest_edge"])
         elif isinstance(rs, dict) and "height" in rs:
             mode = "squash"
-    return Preprocess(size=(int(size[0]), int(size[1])), mean=tuple(float(m) for m in mean),  # type: ignore[arg-type]
-                      std=tuple(float(s) for s in std), interpolation=interp,  # type: ignore[arg-type]
-                      crop_pct=min(crop_pct, 1.0), resize_mode=mode)  # type: ignore[arg-type]
+            size = (int(rs["height"]), int(rs.get("width", rs["height"])))
+    values = {"input_size": (int(size[0]), int(size[1])), "mean": tuple(float(m) for m in mean),
+              "std": tuple(float(s) for s in std), "interpolation": interp, "crop_pct": min(crop_pct, 1.0),
+              "resize_mode": mode}
+    return values, bool(pc)

@@ -7,8 +7,14 @@ config format: ``embed_dim``, ``vision_cfg``, ``text_cfg``, optional ``preproces
 tests and the canary zoo. Options: ``model_cfg``, ``pretrained`` (tag; ``False`` = random
 init), ``tokenizer`` (``"package.module:Name"`` of a tokenizer class/callable with open_clip's
 call convention ``tok(texts) -> (T, L)`` ids, or the object itself; default open_clip's),
-``preprocess`` (dict overriding ``size``/``mean``/``std``/``interpolation``/``resize_mode``),
-``class_names`` (ignored for CLIP: wrap the adapter in ZeroShotHead).
+``preprocess`` (the user's preprocessing: ``input_size`` (or ``size``), ``resize``/``crop_pct``,
+``resize_mode``, ``interpolation``, ``mean``, ``std``), ``class_names`` (ignored for CLIP: wrap
+the adapter in ZeroShotHead).
+
+Preprocessing, per key: the user's value > the preprocessing stored with the checkpoint >
+open_clip's config (``open_clip_config``: the pretrained tag's or the architecture's
+``preprocess_cfg``, or ``model_cfg["preprocess_cfg"]``; centre crop = no crop, crop_pct 1).
+A local checkpoint without its own record gets a warning naming the guessed values.
 
 Attention capture: open_clip calls ``nn.MultiheadAttention`` with ``need_weights=False``
 (the fused kernel returns no probabilities, and the averaged weights torch can return
@@ -29,8 +35,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from audit.errors import CaptureError, ModelLoadError, UsageError
-from audit.models.base import Adapter, AttentionPatch, ModelSpec, Preprocess, TokenLayout, Tower
-from audit.models.checkpoints import check_state_dict, load_state_dict_file
+from audit.models.base import (
+    Adapter,
+    AttentionPatch,
+    ModelSpec,
+    Preprocess,
+    TokenLayout,
+    Tower,
+    pop_preprocess_options,
+    resolve_preprocess,
+    with_guess_warning,
+)
+from audit.models.checkpoints import check_state_dict, load_checkpoint
 from audit.models.timm_vit import no_network_message
 from audit.registry import ADAPTERS
 
@@ -126,6 +142,10 @@ class OpenClipAdapter(Adapter):
         "open_clip:ViT-B-32 --checkpoint vit_b_32.safetensors",
     )
     description: ClassVar[str] = "open_clip CLIP (ViT image tower + text tower, tokenizer)"
+    input_size_hint: ClassVar[str] = (
+        "open_clip image towers accept the size they were built for only; build one for that size "
+        "(model_cfg vision_cfg.image_size) or leave model.preprocess.input_size out"
+    )
 
     def __init__(self, spec: ModelSpec, model: nn.Module, tokenizer: Any, preprocess: Preprocess) -> None:
         self.spec = spec
@@ -145,7 +165,7 @@ class OpenClipAdapter(Adapter):
         model_cfg = opts.pop("model_cfg", None)
         pretrained = opts.pop("pretrained", None)
         tok_opt = opts.pop("tokenizer", None)
-        pp_opt = opts.pop("preprocess", None) or {}
+        user_pp, pp_layers = pop_preprocess_options(opts, what=f"open_clip:{spec.name}")
         if opts:
             raise ModelLoadError(
                 f"open_clip:{spec.name}: unknown options {sorted(opts)}; known: model_cfg, pretrained, tokenizer, "
@@ -162,6 +182,8 @@ class OpenClipAdapter(Adapter):
             )
         if model_cfg is not None:
             model, pp_cfg, tokenizer = _build_from_cfg(arch, model_cfg, custom_tokenizer=tok_opt is not None)
+            cfg_basis = ("the preprocess_cfg of option model_cfg" if model_cfg.get("preprocess_cfg")
+                         else "open_clip's CLIP defaults (model_cfg has no preprocess_cfg)")
         else:
             if arch not in open_clip.list_models():
                 raise ModelLoadError(
@@ -182,12 +204,12 @@ class OpenClipAdapter(Adapter):
                 model = open_clip.create_model(arch, pretrained=None, device="cpu", pretrained_text=False)
             pp_cfg = dict(open_clip.get_model_preprocess_cfg(model))
             tokenizer = open_clip.get_tokenizer(arch)
+            cfg_basis = f"open_clip's config for {arch}"
         if tok_opt is not None:
             tokenizer = _resolve_tokenizer(tok_opt, model, arch)
-        if pp_opt:
-            pp_cfg = {**pp_cfg, **dict(pp_opt)}
+        ckpt_pp: dict[str, Any] | None = None
         if spec.checkpoint:
-            sd = load_state_dict_file(spec.checkpoint)
+            sd, ckpt_pp = load_checkpoint(spec.checkpoint)
             check_state_dict(model, sd, source=spec.checkpoint, spec=f"open_clip:{spec.name}")
             model.load_state_dict(sd, strict=True)
         model.eval().to(device)
@@ -197,7 +219,11 @@ class OpenClipAdapter(Adapter):
                 f"open_clip:{spec.name}: the image tower is {type(visual).__name__}, not an open_clip "
                 "VisionTransformer; vision-audit explains ViT image towers only"
             )
-        return cls(spec, model, tokenizer, _preprocess(pp_cfg, visual))
+        pp = resolve_preprocess([("user", user_pp), *pp_layers, ("checkpoint", ckpt_pp or {}),
+                                 ("open_clip_config", _config_values(pp_cfg, visual))])
+        if spec.checkpoint:
+            pp = with_guess_warning(pp, checkpoint=spec.checkpoint, basis=cfg_basis, recorded=ckpt_pp is not None)
+        return cls(spec, model, tokenizer, pp)
 
     # -- vision tower --------------------------------------------------------------------
     @property
@@ -380,16 +406,18 @@ def _build_from_cfg(arch: str, cfg: dict[str, Any], *, custom_tokenizer: bool = 
     return model, pp_cfg, tokenizer
 
 
-def _preprocess(pp: dict[str, Any], visual: nn.Module) -> Preprocess:
+def _config_values(pp: dict[str, Any], visual: nn.Module) -> dict[str, Any]:
+    """open_clip's ``preprocess_cfg`` in ``model.preprocess`` keys (its eval transform: resize the
+    shorter side to the input size, centre crop; no crop margin)."""
     size = pp.get("size", getattr(visual, "image_size", 224))
     size = (size, size) if isinstance(size, int) else tuple(size)
     interp = pp.get("interpolation", "bicubic")
     mode = pp.get("resize_mode", "shortest")
-    return Preprocess(
-        size=(int(size[0]), int(size[1])),
-        mean=tuple(float(v) for v in pp.get("mean", (0.48145466, 0.4578275, 0.40821073))),  # type: ignore[arg-type]
-        std=tuple(float(v) for v in pp.get("std", (0.26862954, 0.26130258, 0.27577711))),  # type: ignore[arg-type]
-        interpolation=interp if interp in _INTERP else "bicubic",
-        crop_pct=1.0,
-        resize_mode="squash" if mode == "squash" else "shortest",
-    )
+    return {
+        "input_size": (int(size[0]), int(size[1])),
+        "mean": tuple(float(v) for v in pp.get("mean", (0.48145466, 0.4578275, 0.40821073))),
+        "std": tuple(float(v) for v in pp.get("std", (0.26862954, 0.26130258, 0.27577711))),
+        "interpolation": interp if interp in _INTERP else "bicubic",
+        "crop_pct": 1.0,
+        "resize_mode": "squash" if mode == "squash" else "shortest",
+    }

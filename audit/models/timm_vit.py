@@ -10,7 +10,13 @@ Options (``ModelSpec.options``) are passed to ``timm.create_model`` (e.g. ``img_
 * ``pretrained``: ``False`` builds a randomly initialised model (tests, the zoo);
   default: download timm's pretrained weights when no checkpoint is given;
 * ``model_kwargs``: a dict of further ``timm.create_model`` keyword arguments (merged
-  with the other options; used by the canary zoo).
+  with the other options; used by the canary zoo);
+* ``preprocess``: the user's preprocessing values (``load_model(preprocess=...)``).
+
+Preprocessing, per key: the user's value > the preprocessing stored with the checkpoint
+(:func:`audit.models.checkpoints.checkpoint_preprocess`) > timm's default data config for the
+architecture (``timm_default``; a ``pretrained_cfg_overlay`` option still works and counts as
+the user's). A checkpoint without its own record gets a warning naming the guessed values.
 """
 
 from __future__ import annotations
@@ -21,8 +27,18 @@ import torch
 from torch import nn
 
 from audit.errors import ModelLoadError, UsageError
-from audit.models.base import Adapter, AttentionPatch, ModelSpec, Preprocess, TokenLayout, Tower
-from audit.models.checkpoints import check_state_dict, load_state_dict_file
+from audit.models.base import (
+    Adapter,
+    AttentionPatch,
+    ModelSpec,
+    Preprocess,
+    TokenLayout,
+    Tower,
+    pop_preprocess_options,
+    resolve_preprocess,
+    with_guess_warning,
+)
+from audit.models.checkpoints import check_state_dict, load_checkpoint
 from audit.registry import ADAPTERS
 
 _ADAPTER_OPTIONS = ("class_names", "pretrained")
@@ -51,6 +67,10 @@ class TimmViTAdapter(Adapter):
         "timm:vit_base_patch16_clip_224.openai_ft_in12k_in1k",
     )
     description: ClassVar[str] = "timm ViT / DeiT (distilled) / register ViTs / CLIP vision towers"
+    input_size_hint: ClassVar[str] = (
+        "build it with dynamic image size: model.options.dynamic_img_size: true (explain: --option "
+        "dynamic_img_size=true), or build it for that size with model.options.img_size"
+    )
 
     def __init__(self, spec: ModelSpec, model: nn.Module, class_names: list[str] | None,
                  preprocess: Preprocess) -> None:
@@ -68,6 +88,7 @@ class TimmViTAdapter(Adapter):
         opts = dict(spec.options)
         class_names = opts.pop("class_names", None)
         pretrained_opt = opts.pop("pretrained", None)
+        user_pp, pp_layers = pop_preprocess_options(opts, what=f"timm:{spec.name}")
         extra = opts.pop("model_kwargs", None) or {}
         if not isinstance(extra, dict):
             raise ModelLoadError(f"timm:{spec.name}: option model_kwargs must be a dict, got {type(extra).__name__}")
@@ -83,8 +104,9 @@ class TimmViTAdapter(Adapter):
         if class_names is not None and "num_classes" not in opts:
             opts["num_classes"] = len(class_names)
         from_hub = False
+        ckpt_pp: dict[str, Any] | None = None
         if spec.checkpoint is not None:
-            sd = load_state_dict_file(spec.checkpoint)
+            sd, ckpt_pp = load_checkpoint(spec.checkpoint)
             try:
                 model = timm.create_model(name, pretrained=False, **opts)
             except (TypeError, ValueError, AssertionError, RuntimeError) as e:
@@ -121,7 +143,14 @@ class TimmViTAdapter(Adapter):
             raise ModelLoadError(
                 f"timm:{name}: {len(class_names)} class_names given but the model has {n_classes} classes"
             )
-        return cls(spec, model, list(class_names) if class_names else None, _preprocess(model))
+        overlay = opts.get("pretrained_cfg_overlay") or {}
+        layers = [("user", user_pp), ("user", _overlay_values(overlay)), *pp_layers, ("checkpoint", ckpt_pp or {}),
+                  ("timm_default", _default_values(model))]
+        pp = resolve_preprocess(layers)
+        if spec.checkpoint is not None:
+            pp = with_guess_warning(pp, checkpoint=spec.checkpoint, basis=f"timm's default for {name}",
+                                    recorded=ckpt_pp is not None)
+        return cls(spec, model, list(class_names) if class_names else None, pp)
 
     # -- layout ---------------------------------------------------------------------
     def token_layout(self, input_size: tuple[int, int] | None = None) -> TokenLayout:
@@ -285,7 +314,8 @@ def _pretrained_labels(model: nn.Module, n_classes: int) -> list[str] | None:
     return None
 
 
-def _preprocess(model: nn.Module) -> Preprocess:
+def _default_values(model: nn.Module) -> dict[str, Any]:
+    """timm's data config for the model as built (its input size is the built one)."""
     from timm.data import resolve_model_data_config
 
     cfg = resolve_model_data_config(model)
@@ -294,11 +324,28 @@ def _preprocess(model: nn.Module) -> Preprocess:
     if (h, w) != built:  # options such as img_size=32 override the pretrained config's size
         h, w = built
     interp = cfg.get("interpolation", "bicubic")
-    return Preprocess(
-        size=(int(h), int(w)),
-        mean=tuple(float(v) for v in cfg["mean"]),  # type: ignore[arg-type]
-        std=tuple(float(v) for v in cfg["std"]),  # type: ignore[arg-type]
-        interpolation=interp if interp in _INTERP else "bicubic",
-        crop_pct=float(cfg.get("crop_pct", 1.0) or 1.0),
-        resize_mode="squash" if cfg.get("crop_mode") == "squash" else "shortest",
-    )
+    return {
+        "input_size": (int(h), int(w)),
+        "mean": tuple(float(v) for v in cfg["mean"]),
+        "std": tuple(float(v) for v in cfg["std"]),
+        "interpolation": interp if interp in _INTERP else "bicubic",
+        "crop_pct": min(float(cfg.get("crop_pct", 1.0) or 1.0), 1.0),
+        "resize_mode": "squash" if cfg.get("crop_mode") == "squash" else "shortest",
+    }
+
+
+def _overlay_values(overlay: dict[str, Any]) -> dict[str, Any]:
+    """The preprocessing keys of a user's ``pretrained_cfg_overlay`` (its input_size aside: the
+    built model's size governs, as before)."""
+    out: dict[str, Any] = {}
+    for k in ("mean", "std"):
+        if overlay.get(k) is not None:
+            out[k] = tuple(float(v) for v in overlay[k])
+    if overlay.get("interpolation") in _INTERP:
+        out["interpolation"] = overlay["interpolation"]
+    if overlay.get("crop_pct") is not None:
+        out["crop_pct"] = min(float(overlay["crop_pct"]), 1.0)
+    if overlay.get("crop_mode") is not None:
+        out["resize_mode"] = "squash" if overlay["crop_mode"] == "squash" else "shortest"
+    return out
+

@@ -26,7 +26,7 @@ from typing import Any
 
 from audit.errors import ModelLoadError
 
-__all__ = ["CANARY_NAMES", "WEIGHTS_DIR", "list_canaries", "resolve"]
+__all__ = ["CANARY_NAMES", "WEIGHTS_DIR", "list_canaries", "preprocess_of", "resolve"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 CANARY_NAMES: tuple[str, ...] = ("vit-biased", "vit-control", "clip-biased", "clip-control")
@@ -68,7 +68,8 @@ def resolve(name: str) -> tuple[str, str, dict[str, Any]]:
             f"`vision-audit zoo train --only {key}`")
     classes = list(DEFAULT_SPEC.classes)
     if key.startswith("vit"):
-        # the preprocessing travels inside model_kwargs as timm's pretrained_cfg_overlay
+        # model_kwargs carry the preprocessing as timm's pretrained_cfg_overlay (for training and plain
+        # timm); load_model uses preprocess_of(name) instead and records its source as "zoo"
         return f"timm:{VIT_ARCH}", str(path), {"model_kwargs": vit_model_kwargs(), "class_names": classes}
     tok = WorldTokenizer()
     return "open_clip:canary-clip", str(path), {
@@ -76,6 +77,32 @@ def resolve(name: str) -> tuple[str, str, dict[str, Any]]:
         "tokenizer": "audit.zoo.tokenizer:WorldTokenizer",
         "class_names": classes,
         "preprocess": preprocess_dict(),
+    }
+
+
+def preprocess_of(name: str) -> dict[str, Any]:
+    """The preprocessing a canary was trained with, in ``model.preprocess`` keys.
+
+    The canary images are 64x64 already: resize to 64 (bilinear) without a crop margin.
+    ``load_model("zoo:NAME")`` records these values with source ``"zoo"``.
+
+    Example:
+        >>> preprocess_of("vit-biased")["input_size"], preprocess_of("vit-biased")["crop_pct"]
+        ((64, 64), 1.0)
+    """
+    from audit.zoo.recipes import preprocess_dict
+
+    key = name.removeprefix("zoo:")
+    if key not in CANARY_NAMES:
+        raise ModelLoadError(f"unknown zoo model {name!r}; known: {_known()}")
+    d = preprocess_dict()
+    return {
+        "input_size": tuple(int(v) for v in d["size"]),
+        "crop_pct": float(d.get("crop_pct", 1.0)),
+        "resize_mode": str(d.get("resize_mode", "shortest")),
+        "interpolation": str(d["interpolation"]),
+        "mean": tuple(float(v) for v in d["mean"]),
+        "std": tuple(float(v) for v in d["std"]),
     }
 
 

@@ -162,6 +162,7 @@ def test_preprocess_from_data_config_and_dynamic_sizes() -> None:
     a = tiny_timm_vit(dynamic_img_size=True)
     assert a.preprocess.size == (32, 32)
     assert a.preprocess.interpolation == "bicubic" and a.preprocess.crop_pct == pytest.approx(0.9)
+    assert set(a.preprocess.sources.values()) == {"timm_default"} and a.preprocess.warnings == ()  # random init
     assert a.supports_input_size((32, 48)) and not a.supports_input_size((30, 48))
     assert a.token_layout((16, 40)).grid == (2, 5)
     fixed = tiny_timm_vit()
