@@ -321,7 +321,7 @@ def make_run(
             target_class=pred_s[chosen])))
         region_frames.append(region_mass_by_group(
             stored, masks[chosen], meta_chosen, group_cols=group_columns, method=m, n_boot=n_boot, n_perm=n_perm,
-            seed=seed, min_group_size=min(MIN_GROUP_SIZE, 10)))
+            seed=seed, min_group_size=MIN_GROUP_SIZE))  # the run's one small-group rule, as the pipeline
     faith = pd.concat(faith_frames, ignore_index=True)
     faith["pointing_hit"] = faith["pointing_hit"].astype("boolean")
     run.write_table("faithfulness", faith)
@@ -337,6 +337,10 @@ def make_run(
             sanity.append(dict(method=m, step=step, randomized_blocks=blocks, spearman=rho, ci_low=lo, ci_high=hi,
                                n=len(chosen), flagged=bool(step > 0 and lo > 0.5)))
     run.write_table("sanity", pd.DataFrame(sanity))
+    from audit.explain.faithfulness import faithfulness_verdicts
+
+    run.write_table("faithfulness_verdicts", faithfulness_verdicts(faith, pd.DataFrame(sanity), n_boot=n_boot,
+                                                                   n_perm=n_perm, seed=seed, perturbation="blur"))
 
     if kind == "clip":
         shift = bg_shift[2] - bg_shift[0]
@@ -357,7 +361,7 @@ def make_run(
     run.meta.update({
         "config": {"model": {"spec": spec, "checkpoint": None}, "data": {"manifest": manifest, "label_column": "label",
                                                                            "group_columns": group_columns},
-                   "explain": {"methods": list(methods)},
+                   "explain": {"methods": list(methods), "baseline": "blur"},
                    "stats": {"min_group_size": MIN_GROUP_SIZE, "alpha": ALPHA, "n_boot": n_boot, "n_perm": n_perm,
                              "seed": seed}},
         "model": {"spec": spec, "checkpoint": str(path / "weights.safetensors"), "family": "zoo", "kind": kind,
@@ -371,6 +375,7 @@ def make_run(
                     "has_masks": True, "root": str(img_dir)},
         "skipped": [{"row": n, "path": str(img_dir / "broken.png"), "reason": "truncated PNG (image file is truncated)"}],
         "device": "cpu", "dtype": "float32", "backend": "local",
+        "faithfulness": {"baseline": "blur", "insertion_start": "blur", "steps": 16, "random_map": "uniform"},
         "timings": {"forward": 1.2, "explain": 3.4, "stats": 0.8},
         "limitations": ["explanation maps were computed for a subset of "
                         f"{len(chosen)} images (errors and correct cases per background)"],

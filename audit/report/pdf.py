@@ -219,6 +219,16 @@ def render_pdf(summary: AuditSummary, path: str | os.PathLike[str], *, figures: 
         story.append(_table(st, ["method", "metric", "value", "95% interval", "n"],
                             [(r.method, r.metric, fmt(r.value), fmt_ci(r.ci_low, r.ci_high), fmt(r.n, "int"))
                              for r in s.faithfulness], width=W))
+        if s.verdicts:
+            story.append(P("Against a random map: the verdict per method (paired over the same images; Holm over "
+                           f"the table; deletion with the run's {p.deletion_baseline or 'recorded'} baseline)",
+                           st["h3"]))
+            story.append(_table(st, ["method", "score", "value", "reference", "difference", "95% interval", "n",
+                                     "p (adj.)", "verdict"],
+                                [(v.method, v.score, fmt(v.value), f"{fmt(v.random_value)} ({v.baseline})",
+                                  fmt(v.difference, "diff"), fmt_ci(v.ci_low, v.ci_high, "diff"), fmt(v.n, "int"),
+                                  fmt(v.p_adj, "p"), v.verdict) for v in s.verdicts],
+                                width=W, col_frac=[1.2, 1.3, 0.8, 1.3, 1, 1.4, 0.5, 0.9, 1.8]))
     else:
         story.append(P("No faithfulness results in this run.", st["body"]))
 

@@ -348,6 +348,25 @@ class FaithfulnessRow(_Model):
     n: int
 
 
+class VerdictRow(_Model):
+    """A method's faithfulness score against a random map (or chance), with its verdict
+    (table ``faithfulness_verdicts``)."""
+
+    method: str
+    score: str
+    baseline: str = ""
+    perturbation: str = ""
+    value: Num = None
+    random_value: Num = None
+    difference: Num = None
+    ci_low: Num = None
+    ci_high: Num = None
+    n: int = 0
+    p_adj: Num = None
+    verdict: str
+    reason: str = ""
+
+
 class SanityRow(_Model):
     method: str
     step: int
@@ -410,6 +429,7 @@ class AuditSummary(_Model):
     embeddings: EmbeddingStats | None = None
     clip: ClipStats | None = None
     faithfulness: list[FaithfulnessRow] = []
+    verdicts: list[VerdictRow] = []
     sanity: list[SanityRow] = []
     region_mass: list[RegionMassRow] = []
     gallery: Gallery = Gallery()
@@ -432,6 +452,12 @@ class AuditSummary(_Model):
         must = [f for f in self.findings if f.significant or f.status == "flagged"]
         rest = [f for f in self.findings if not (f.significant or f.status == "flagged")]
         return must + rest[: max(0, limit - len(must))]
+
+    @property
+    def method_verdicts(self) -> dict[str, str]:
+        """method -> its one verdict ("better than random", "not distinguishable from random",
+        "fails the sanity check"); methods without a verdicts table get none."""
+        return {v.method: v.verdict for v in self.verdicts}
 
     def methods_present(self) -> bool:
         """Whether the run stored explanation maps."""
@@ -695,6 +721,7 @@ def build_summary(run: Run) -> AuditSummary:
         generated=utc_now(), tool=ToolInfo(version=_tool_version()), provenance=prov,
         composition=_composition(run, prov.min_group_size), performance=perf, disparities=disp,
         embeddings=emb, clip=clip, faithfulness=_rows(run, "faithfulness_summary", FaithfulnessRow),
+        verdicts=_rows(run, "faithfulness_verdicts", VerdictRow),
         sanity=_rows(run, "sanity", SanityRow), region_mass=_rows(run, "region_mass", RegionMassRow),
         gallery=_gallery(run, perf, disp, prov.group_columns),
     )

@@ -86,8 +86,10 @@ def build_figures(summary: AuditSummary, run: Run) -> tuple[dict[str, bytes], li
             m = run.map_for(gm.method, it.row_id)
             if m is not None:
                 maps[gm.method] = np.asarray(m, dtype=np.float32)
-                caps[gm.method] = f"del {fmt(gm.deletion_auc)} / ins {fmt(gm.insertion_auc)}"
-        fig = overlay_figure(img, maps, captions=caps, show_maps=False,
+                caps[gm.method] = (f"del {fmt(gm.deletion_auc)} / ins {fmt(gm.insertion_auc)}"
+                                   + (f" ({summary.provenance.deletion_baseline} deletion)"
+                                      if summary.provenance.deletion_baseline else ""))
+        fig = overlay_figure(img, maps, captions=caps, show_maps=False, verdicts=summary.method_verdicts,
                              title=f"{it.kind}: label {it.label}, predicted {it.pred}")
         gallery.append(figure_to_png_bytes(fig, dpi=100))
     return figs, perf_names, gallery
