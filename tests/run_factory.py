@@ -375,6 +375,11 @@ def make_run(
                     "has_masks": True, "root": str(img_dir)},
         "skipped": [{"row": n, "path": str(img_dir / "broken.png"), "reason": "truncated PNG (image file is truncated)"}],
         "device": "cpu", "dtype": "float32", "backend": "local",
+        "preprocessing": {"values": {"input_size": [64, 64], "resize": 64, "crop_pct": 1.0, "resize_mode": "shortest",
+                                     "interpolation": "bilinear", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+                          "sources": dict.fromkeys(["input_size", "resize", "crop_pct", "resize_mode", "interpolation",
+                                                    "mean", "std"], "zoo"),
+                          "warnings": []},
         "faithfulness": {"baseline": "blur", "insertion_start": "blur", "steps": 16, "random_map": "uniform"},
         "timings": {"forward": 1.2, "explain": 3.4, "stats": 0.8},
         "limitations": ["explanation maps were computed for a subset of "

@@ -457,7 +457,7 @@ def _sign_flip_p(d: np.ndarray, *, n_perm: int, seed: int) -> float:
 
     if len(d) == 0:
         return float("nan")
-    if not np.any(d):
+    if not np.any(d) or len(d) < 2:  # one pair: both sign patterns are as extreme, the exact p is 1
         return 1.0
     res = permutation_test(
         (d,), lambda x, axis: np.mean(x, axis=axis), permutation_type="samples", vectorized=True,

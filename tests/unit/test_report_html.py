@@ -146,6 +146,9 @@ def test_findings_and_limitations(report: dict) -> None:
     heads = [li.text for li in section.find("ol", class_="headline").find_all("li")]
     assert heads == data["headline"] == [f["text"] for f in data["findings"][: len(heads)]]
     assert section.find("p", class_="summary").text == data["findings_summary"]
+    prov = soup.find("section", id="provenance").text
+    assert "interpolation bilinear (zoo)" in prov and "crop_pct 1.0 (zoo)" in prov  # what was used, and from where
+    assert "deletion baseline: blur" in prov
     ledger = {(f["kind"], f["attribute"], f["metric"], f["scope"], f["family"]): f for f in data["findings"]}
     bg = next(d for d in data["disparities"] if d["attribute"] == "background" and d["metric"] == "accuracy")
     f_bg = ledger[("performance", "background", "accuracy", "overall", "range")]
