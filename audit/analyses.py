@@ -77,17 +77,21 @@ def embedding_stats(ctx: Context) -> None:
     meta = ctx.predictions
     if ctx.group_columns:
         groups_df, dist_df = embedding_group_stats(
-            emb, meta, group_cols=ctx.group_columns, n_perm=st.n_perm, n_boot=st.n_boot, seed=st.seed
+            emb, meta, group_cols=ctx.group_columns, n_perm=st.n_perm, n_boot=st.n_boot, seed=st.seed,
+            min_group_size=st.min_group_size,
         )
         ctx.run.write_table("embedding_groups", groups_df)
         ctx.run.write_table("embedding_distances", dist_df)
         probes, mmds = [], []
         for attr in ctx.group_columns:
-            if meta[attr].nunique() < 2:
-                ctx.notes.append(f"Attribute {attr!r} has a single group: no probe or MMD test for it.")
+            if int((meta[attr].value_counts() >= st.min_group_size).sum()) < 2:
+                ctx.notes.append(f"Attribute {attr!r} has fewer than two groups of at least {st.min_group_size} "
+                                 "images: no probe or MMD test for it.")
                 continue
-            probes.append(linear_probe(emb, meta, attribute=attr, n_perm=min(st.n_perm, 1000), seed=st.seed))
-            mmds.append(mmd_test(emb, meta, attribute=attr, n_perm=min(st.n_perm, 500), seed=st.seed))
+            probes.append(linear_probe(emb, meta, attribute=attr, n_perm=min(st.n_perm, 1000), seed=st.seed,
+                                       min_group_size=st.min_group_size))
+            mmds.append(mmd_test(emb, meta, attribute=attr, n_perm=min(st.n_perm, 500), seed=st.seed,
+                                 min_group_size=st.min_group_size))
         if probes:
             ctx.run.write_table("linear_probe", pd.concat(probes, ignore_index=True))
             ctx.run.write_table("mmd", pd.concat(mmds, ignore_index=True))

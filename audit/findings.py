@@ -450,7 +450,8 @@ def _embedding(tables: Tables, alpha: float) -> list[dict[str, Any]]:
         for attr, g in mmd.assign(_padj=padj).groupby("attribute", sort=False):
             sig_rows = g[g["_padj"] < alpha]
             corr = f"holm within mmd (m={len(mmd)})"
-            top = g.loc[g["_padj"].idxmin()] if g["_padj"].notna().any() else g.iloc[0]
+            tested = bool(g["_padj"].notna().any())
+            top = g.loc[g["_padj"].idxmin()] if tested else g.iloc[0]
             sig = bool(len(sig_rows))
             out.append(dict(
                 kind="embedding", attribute=str(attr), metric="mmd2", scope="overall", family="pairwise",
@@ -458,8 +459,9 @@ def _embedding(tables: Tables, alpha: float) -> list[dict[str, Any]]:
                 best_value=float("nan"), gap=_num(top["mmd2"]), ci_low=float("nan"), ci_high=float("nan"),
                 n_worst=int(top["n_a"]), n_best=int(top["n_b"]), p_value=_num(top["p_value"]),
                 p_adj=_num(top["_padj"]), correction=corr, significant=sig,
-                status="significant" if sig else "not significant", source="mmd",
-                text=(f"embedding distributions by {attr}: {len(sig_rows)} of {len(g)} group pairs differ (MMD test); "
+                status="significant" if sig else ("not significant" if tested else "not tested"), source="mmd",
+                text=(f"embedding distributions by {attr}: not tested ({top['estimator']})." if not tested else
+                      f"embedding distributions by {attr}: {len(sig_rows)} of {len(g)} group pairs differ (MMD test); "
                       f"strongest {top['group_a']} (n={_n(top['n_a'])}) vs {top['group_b']} (n={_n(top['n_b'])}), "
                       f"MMD² {_fmt(top['mmd2'], 4)}, p_adj = {_fmt_p(top['_padj'])}, "
                       f"{_verdict(sig, 'tested', corr)}."),

@@ -235,6 +235,7 @@ class EmbeddingGroupRow(_Model):
     dispersion: Num
     dispersion_ci_low: Num
     dispersion_ci_high: Num
+    small: bool = False
 
 
 class EmbeddingDistanceRow(_Model):

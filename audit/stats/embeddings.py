@@ -44,8 +44,10 @@ __all__ = [
     "projection",
 ]
 
-EMBEDDING_GROUP_COLUMNS = ["attribute", "group", "n", "dispersion", "dispersion_ci_low", "dispersion_ci_high"]
-EMBEDDING_DISTANCE_COLUMNS = ["attribute", "group_a", "group_b", "n_a", "n_b", "cosine_distance", "p_value", "p_holm"]
+EMBEDDING_GROUP_COLUMNS = ["attribute", "group", "n", "dispersion", "dispersion_ci_low", "dispersion_ci_high",
+                           "small"]
+EMBEDDING_DISTANCE_COLUMNS = ["attribute", "group_a", "group_b", "n_a", "n_b", "cosine_distance", "p_value", "p_holm",
+                              "note"]
 LINEAR_PROBE_COLUMNS = ["attribute", "k", "n", "balanced_accuracy", "bacc_ci_low", "bacc_ci_high", "auc",
                         "majority_rate", "null_mean", "null_p95", "p_value", "note"]
 MMD_COLUMNS = ["attribute", "group_a", "group_b", "n_a", "n_b", "mmd2", "p_value", "p_holm", "estimator"]
@@ -112,6 +114,7 @@ def embedding_group_stats(
     n_boot: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
+    min_group_size: int = 50,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-group dispersion and between-group centroid distances (tables ``embedding_groups``,
     ``embedding_distances``).
@@ -123,9 +126,11 @@ def embedding_group_stats(
         n_boot: bootstrap replicates for the dispersion interval.
         alpha: 1 - interval coverage.
         seed: random seed.
+        min_group_size: groups with fewer rows are flagged ``small`` (their dispersion is shown
+            with its interval) and their pairs are not tested (``note`` says so).
 
     Returns:
-        (embedding_groups, embedding_distances); p_holm adjusts over all pairs of all attributes.
+        (embedding_groups, embedding_distances); p_holm adjusts over all tested pairs of all attributes.
     """
     x = _normalise(emb)
     rng = as_rng(seed)
@@ -145,11 +150,15 @@ def embedding_group_stats(
                 # so the plain percentile interval of 1 - ||c*|| sits below the estimate for diffuse groups
                 qlo, qhi = percentile_ci(_boot_dispersion(x[codes == g], n_boot=n_boot, rng=rng), alpha=alpha)
                 lo, hi = 2 * disp - qhi, 2 * disp - qlo
-            grows.append((col, name, int(n[g]), disp if n[g] >= 2 else np.nan, float(lo), float(hi)))
+            grows.append((col, name, int(n[g]), disp if n[g] >= 2 else np.nan, float(lo), float(hi),
+                          bool(n[g] < min_group_size)))
         for a, b in itertools.combinations(range(len(names)), 2):
             dist = 1.0 - float(_cos(cent[a], cent[b]))
             p = np.nan
-            if n_perm > 0 and n[a] >= 1 and n[b] >= 1:
+            note = ""
+            if min(n[a], n[b]) < min_group_size:
+                note = f"not tested: n < min_group_size={min_group_size}"
+            elif n_perm > 0:
                 xab = np.concatenate([x[codes == a], x[codes == b]])  # (n_a + n_b, D)
                 tot = sums[a] + sums[b]
                 null = np.empty(n_perm)
@@ -159,11 +168,11 @@ def embedding_group_stats(
                     sa = (_random_subset_masks(len(xab), int(n[a]), m, rng) @ xab).astype(np.float64)  # (m, D)
                     null[s:s + m] = 1.0 - _cos(sa, tot[None, :] - sa)
                 p = float(permutation_pvalue(dist, null))
-            drows.append((col, names[a], names[b], int(n[a]), int(n[b]), dist, p))
+            drows.append((col, names[a], names[b], int(n[a]), int(n[b]), dist, p, note))
     g_df = pd.DataFrame(grows, columns=EMBEDDING_GROUP_COLUMNS)
     d_df = pd.DataFrame(drows, columns=[c for c in EMBEDDING_DISTANCE_COLUMNS if c != "p_holm"])
-    d_df["p_holm"] = holm(d_df["p_value"].to_numpy(np.float64))
-    return g_df, d_df
+    d_df.insert(7, "p_holm", holm(d_df["p_value"].to_numpy(np.float64)))
+    return g_df, d_df[EMBEDDING_DISTANCE_COLUMNS]
 
 
 def _ridge_oof_scores(
@@ -221,8 +230,12 @@ def linear_probe(
     ridge: float = 1.0,
     alpha: float = 0.05,
     seed: int = 0,
+    min_group_size: int = 1,
 ) -> pd.DataFrame:
     """Can a linear model read the group from the embedding? (table ``linear_probe``)
+
+    Groups with fewer than ``max(cv, min_group_size)`` rows are left out of the probe (named in
+    ``note``).
 
     Standardised features (PCA to ``pca_dim`` components first when D > pca_dim; PCA is label-free
     and fitted on all rows used), a stratified ``cv``-fold ridge (least-squares, one-vs-rest)
@@ -248,10 +261,11 @@ def linear_probe(
     rng = as_rng(seed)
     notes = []
     counts = np.bincount(codes, minlength=len(names))
-    keep_cls = counts >= cv
+    keep_cls = counts >= max(cv, min_group_size)
     if not keep_cls.all():
-        dropped = [names[i] for i in np.flatnonzero(~keep_cls)]
-        notes.append(f"groups with fewer than cv={cv} rows dropped: {dropped}")
+        dropped = [f"{names[i]} (n={int(counts[i])})" for i in np.flatnonzero(~keep_cls)]
+        rule = f"min_group_size={min_group_size}" if min_group_size > cv else f"cv={cv}"
+        notes.append(f"groups below {rule} left out: {', '.join(dropped)}")
     idx = np.flatnonzero(keep_cls[codes])
     if len(idx) > max_rows:  # stratified subsample
         share = max_rows / len(idx)
@@ -261,7 +275,8 @@ def linear_probe(
         notes.append(f"stratified subsample of {len(idx)} of {int(keep_cls[codes].sum())} rows")
     present = np.unique(codes[idx])
     if len(present) < 2:
-        raise UsageError(f"linear_probe on {attribute!r}: need at least 2 groups with >= {cv} rows each")
+        raise UsageError(f"linear_probe on {attribute!r}: need at least 2 groups with >= {max(cv, min_group_size)} "
+                         "rows each")
     remap = -np.ones(len(names), dtype=np.int64)
     remap[present] = np.arange(len(present))
     y = remap[codes[idx]]
@@ -336,6 +351,7 @@ def mmd_test(
     n_perm: int = 500,
     seed: int = 0,
     max_exact: int = 10_000,
+    min_group_size: int = 2,
 ) -> pd.DataFrame:
     """Kernel two-sample test (unbiased MMD^2, RBF, median heuristic) for every pair of groups (table ``mmd``).
 
@@ -343,8 +359,10 @@ def mmd_test(
     ``max_exact`` rows drawn proportionally from the two groups (the kernel matrix is
     quadratic in size); the ``estimator`` column then reads "subsampled n=...".
 
+    Pairs with a group below ``min_group_size`` rows are not tested (``estimator`` says so).
+
     Returns:
-        DataFrame with columns :data:`MMD_COLUMNS`; p_holm over the pairs.
+        DataFrame with columns :data:`MMD_COLUMNS`; p_holm over the tested pairs.
     """
     x = _normalise(emb)
     codes, names = _codes(groups, attribute, len(x))
@@ -353,6 +371,10 @@ def mmd_test(
     for a, b in itertools.combinations(range(len(names)), 2):
         ia, ib = np.flatnonzero(codes == a), np.flatnonzero(codes == b)
         na, nb = len(ia), len(ib)
+        if min(na, nb) < max(2, min_group_size):
+            rows.append((attribute, names[a], names[b], na, nb, np.nan, np.nan,
+                         f"not tested: n < min_group_size={max(2, min_group_size)}"))
+            continue
         est = "unbiased"
         if na + nb > max_exact:
             ma = max(2, round(max_exact * na / (na + nb)))

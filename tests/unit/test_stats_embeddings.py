@@ -55,9 +55,22 @@ def test_centroid_permutation_null_is_calibrated():
     ps = []
     for s in range(40):
         x, groups = _world(n=120, d=8, seed=100 + s)
-        _, ed = embedding_group_stats(x, groups, group_cols=["g"], n_perm=99, n_boot=0, seed=s)
+        _, ed = embedding_group_stats(x, groups, group_cols=["g"], n_perm=99, n_boot=0, seed=s, min_group_size=10)
         ps.append(ed.p_value.iloc[0])
     assert 0.25 < np.mean(ps) < 0.75 and np.mean(np.array(ps) < 0.05) <= 0.15
+
+
+def test_small_groups_are_flagged_and_not_tested():
+    x, groups = _world(n=120, d=8, seed=7)  # 40 rows per group
+    eg, ed = embedding_group_stats(x, groups, group_cols=["g"], n_perm=50, n_boot=50, seed=0, min_group_size=50)
+    assert eg["small"].all() and eg["dispersion"].notna().all()  # shown, flagged
+    assert ed["p_value"].isna().all() and ed["note"].str.startswith("not tested: n < min_group_size=50").all()
+    m = mmd_test(x, groups, attribute="g", n_perm=20, seed=0, min_group_size=50)
+    assert m["p_value"].isna().all() and m["estimator"].str.startswith("not tested").all()
+    with pytest.raises(UsageError, match="at least 2 groups with >= 50 rows"):
+        linear_probe(x, groups, attribute="g", n_perm=10, min_group_size=50)
+    probe = linear_probe(x, groups, attribute="g", n_perm=10, min_group_size=30)
+    assert probe["k"].iloc[0] == 3
 
 
 def test_linear_probe_separable_and_null():
