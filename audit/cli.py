@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="gate a run on a policy: exit 0 pass, 1 fail, 2 unusable input")
     c.add_argument("run", type=Path)
     c.add_argument("--policy", required=True, type=Path)
+    c.add_argument("--json", action="store_true",
+                   help="print the verdict as JSON (every rule row: outcome, values, interval, n, adjusted p, finding)")
 
     db = sub.add_parser("dashboard", help="open the Streamlit dashboard on runs (default: the demo run)")
     db.add_argument("runs", nargs="*", type=Path)
@@ -144,9 +146,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "findings":
         return _cmd_findings(args)
     if cmd == "check":
-        from audit.report.policy import check
-
-        return check(args.run, args.policy)
+        return _cmd_check(args)
     if cmd == "dashboard":
         return _cmd_dashboard(args)
     if cmd == "zoo":
@@ -158,6 +158,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return bench_run(args.name, args.args)
     raise AssertionError(cmd)  # pragma: no cover
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    """``vision-audit check RUN --policy P [--json]``: 0 pass, 1 fail, 2 unusable input."""
+    from audit.report.policy import check
+
+    return check(args.run, args.policy, as_json=args.json)
 
 
 def _cmd_models() -> int:
