@@ -78,3 +78,30 @@ def test_association_needs_texts_or_set(tmp_path: Path) -> None:
     data["clip"] = {"association": [{"name": "t", "attribute": "g", "x_group": "a", "y_group": "b", "a_texts": ["x"]}]}
     with pytest.raises(ConfigError, match="clip.association.0"):
         parse_config(data, base=tmp_path)
+
+
+@pytest.mark.parametrize(("section", "value", "needle"), [
+    ("explain", {"methods": ["rollout", "gradcam++"]}, "explain.methods: Value error, unknown explanation method(s) "
+                                                        "['gradcam++']"),
+    ("stats", {"metrics": ["accuracy", "recall"]}, "stats.metrics: Value error, unknown metric(s) ['recall']"),
+    ("stats", {"comparisons": ["range", "all_pairs"]}, "stats.comparisons.1"),
+    ("explain", {"methods": ["rollout"], "params": {"gae": {"start_layer": 1}}}, "params given for method(s) ['gae']"),
+    ("model", {"spec": "zoo:vit-biased", "preprocess": {"resize": 256, "crop_pct": 0.9}}, "resize or crop_pct"),
+    ("model", {"spec": "zoo:vit-biased", "preprocess": {"interpolation": "bicubik"}}, "model.preprocess.interpolation"),
+])
+def test_unknown_names_are_rejected_when_the_config_is_read(tmp_path: Path, section, value, needle) -> None:
+    """Before any model is loaded or image read: parse_config alone raises, naming the field."""
+    cfg = _minimal(tmp_path)
+    cfg[section] = value
+    with pytest.raises(ConfigError) as exc:
+        parse_config(cfg, base=tmp_path)
+    assert needle in str(exc.value)
+
+
+def test_comparisons_and_preprocess_defaults(tmp_path: Path) -> None:
+    cfg = parse_config({**_minimal(tmp_path), "stats": {"comparisons": ["range", "pairwise", "range"]},
+                        "model": {"spec": "zoo:vit-biased", "preprocess": {"crop_pct": 1.0, "interpolation": "bilinear"}}},
+                       base=tmp_path)
+    assert cfg.stats.comparisons == ["range", "pairwise"]
+    assert cfg.model.preprocess.given() == {"crop_pct": 1.0, "interpolation": "bilinear"}
+    assert parse_config(_minimal(tmp_path), base=tmp_path).stats.comparisons == ["range"]
