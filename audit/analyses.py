@@ -358,8 +358,50 @@ def _normed(a: np.ndarray) -> np.ndarray:
     return a / np.linalg.norm(a, axis=1, keepdims=True).clip(min=1e-12)
 
 
+def check_clip_texts(config: AuditConfig, adapter: Any, *, group_columns: Any = None) -> None:
+    """Refuse the run's CLIP texts before anything is computed when the tokenizer cannot tell them apart.
+
+    Checks what :func:`clip_analyses` will embed: the label set (when there are group columns), the A
+    and B texts of each association test, and the retrieval queries (when there are group columns).
+    The zero-shot class prompts are checked where they are made (:class:`~audit.models.ZeroShotHead`).
+    Called by :func:`audit.pipeline.run_audit` right after the model is loaded, before the forward pass.
+
+    Args:
+        config: the run's config.
+        adapter: the loaded model (nothing is checked unless it is a CLIP).
+        group_columns: the manifest's group columns (default: ``config.data.columns.groups``).
+
+    Raises:
+        ConfigError: naming the field and the texts, e.g. "clip.label_set fairface_harmful: 'a photo of a
+            thief' and 'a photo of a criminal' tokenize identically (...) for zoo:clip-biased: the
+            tokenizer does not know 'thief', 'criminal'; remove or reword them".
+    """
+    from audit.errors import ConfigError
+    from audit.stats.prompts import check_prompts
+    from audit.stats.sets import LabelSet, load_set
+
+    if getattr(adapter, "kind", None) != "clip":
+        return
+    cc = config.clip
+    groups = list(config.data.columns.groups if group_columns is None else group_columns)
+    if cc.label_set and groups:
+        label_set = load_set(cc.label_set)
+        if not isinstance(label_set, LabelSet):
+            raise ConfigError(f"clip.label_set {cc.label_set!r} is a {label_set.type} set, not a label set (type: labels)")
+        check_prompts(adapter, [e.text for e in label_set.labels], where=f"clip.label_set {label_set.name}")
+    for t in cc.association:
+        a_texts, b_texts = t.texts()
+        check_prompts(adapter, [*a_texts, *b_texts], where=f"clip.association {t.name!r} (A and B texts)")
+    if cc.queries and groups:
+        check_prompts(adapter, list(cc.queries), where="clip.queries")
+
+
 def clip_analyses(ctx: Context) -> None:
-    """Zero-shot harms, association tests (image-EAT) and retrieval skew."""
+    """Zero-shot harms, association tests (image-EAT) and retrieval skew.
+
+    The texts are checked first (:func:`check_clip_texts`): texts the tokenizer cannot tell apart
+    are refused before any of them is embedded.
+    """
     import pandas as pd
 
     from audit.stats import (
@@ -371,6 +413,7 @@ def clip_analyses(ctx: Context) -> None:
     )
     from audit.stats.sets import load_set
 
+    check_clip_texts(ctx.config, ctx.adapter, group_columns=ctx.group_columns)
     cc = ctx.config.clip
     st = ctx.config.stats
     img = _normed(ctx.embeddings)

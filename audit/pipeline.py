@@ -94,7 +94,8 @@ def load_classifier(config: AuditConfig, class_names: Sequence[str] | None = Non
                 "or a manifest label column"
             )
         prompts = {c: [t.format(c) for t in config.clip.templates] for c in names}
-    return adapter, ZeroShotHead(adapter, prompts)
+    return adapter, ZeroShotHead(adapter, prompts, where="model.class_prompts" if config.model.class_prompts is not None
+                                 else "clip.templates (zero-shot prompts of the classes)")
 
 
 def resolve_device(name: str) -> str:
@@ -698,6 +699,9 @@ def run_audit(config: AuditConfig, *, progress: Progress | None = None, log: Cal
         labels_present = "label" in df.columns and df["label"].notna().any()
         class_hint = manifest.class_names if labels_present else None
         adapter, classifier = load_classifier(config, class_hint, device=device)
+        from audit.analyses import check_clip_texts  # CLIP texts the tokenizer cannot tell apart: refused now
+
+        check_clip_texts(config, adapter, group_columns=manifest.group_columns)
         class_names = list(classifier.class_names or [])
         run = _open_or_create_run(config, adapter, manifest, df, device, log=log)
         run.meta["skipped"] = list(manifest.skipped)

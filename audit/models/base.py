@@ -623,6 +623,26 @@ class Adapter(ABC):
         """Readable token strings per text (for text relevance display)."""
         raise NotImplementedError(f"{self.spec} has no text tower")
 
+    def text_tokens(self, texts: Sequence[str], *, truncate: bool = True) -> list[list[int]]:
+        """Content token ids of each text: what the text tower reads, without start/end/padding.
+
+        ``truncate=True`` (default) gives the ids as the model sees them, cut to its context
+        length; ``truncate=False`` the ids before that cut (families that cannot tell return the
+        truncated ids). Two texts with equal lists get identical text embeddings.
+
+        The default reads :meth:`tokenize`: the ids after a start token at position 0 up to the
+        pooled end-of-text token (:meth:`text_eot_index`).
+        """
+        ids = self.tokenize(list(texts))  # (T, L)
+        eot = self.text_eot_index(ids).tolist()
+        return [row[1:e] for row, e in zip(ids.tolist(), eot)]
+
+    @property
+    def unknown_token_id(self) -> int | None:
+        """Id the tokenizer uses for text it does not know, or ``None`` when it has none
+        (byte-level BPE encodes every string)."""
+        return None
+
     @property
     def logit_scale(self) -> float:
         """CLIP's learned temperature (exp of the stored log scale)."""

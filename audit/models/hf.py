@@ -277,6 +277,35 @@ class HFAdapter(Adapter):
         enc = self.tokenizer(list(texts), padding="max_length", max_length=n, truncation=True, return_tensors="pt")
         return enc["input_ids"].to(self.device)  # (T, L)
 
+    def text_tokens(self, texts: Sequence[str], *, truncate: bool = True) -> list[list[int]]:
+        """Content ids per text (no bos/eos/padding); ``truncate=False``: before the context cut."""
+        self._need_text()
+        texts = list(texts)
+        if not texts:
+            return []
+        if truncate:
+            rows = self.tokenize(texts).tolist()  # (T, L), as the text tower reads them
+        else:
+            rows = self.tokenizer(texts, padding=False, truncation=False)["input_ids"]
+        tok = self.tokenizer
+        bos, eos = tok.bos_token_id, tok.eos_token_id
+        out = []
+        for row in rows:
+            start = 1 if row and bos is not None and row[0] == bos else 0
+            end = next((i for i in range(start, len(row)) if row[i] == eos), len(row)) if eos is not None else len(row)
+            out.append(list(row[start:end]))
+        return out
+
+    @property
+    def unknown_token_id(self) -> int | None:
+        """The tokenizer's unknown id, ``None`` when it has none or it doubles as bos/eos/padding (CLIP's
+        byte-level BPE: ``<|endoftext|>`` is also ``unk_token``, and no text encodes to it)."""
+        tok = self.tokenizer
+        unk = getattr(tok, "unk_token_id", None) if tok is not None else None
+        if unk is None or unk in {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}:
+            return None
+        return int(unk)
+
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         self._need_text()
         out = self.model.text_model(input_ids=tokens)

@@ -289,6 +289,41 @@ class OpenClipAdapter(Adapter):
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.encode_text(tokens)  # (T, D), not normalised
 
+    def text_tokens(self, texts: Sequence[str], *, truncate: bool = True) -> list[list[int]]:
+        """Content ids per text (no start/end/padding); ``truncate=False``: before the context cut."""
+        texts = list(texts)
+        if not texts:
+            return []
+        ids = None
+        if not truncate:  # the tokenizer's own call with a context long enough for every text
+            long = max(1024, 4 * max(len(t) for t in texts) + 8)
+            try:
+                ids = self.tokenizer(texts, context_length=long)
+            except TypeError:  # a tokenizer without the context_length argument
+                ids = None
+        if ids is None:
+            ids = self.tokenizer(texts)
+        ids = torch.as_tensor(ids)  # (T, L)
+        sot = _special_id(self.tokenizer, "sot_token_id", "bos_token_id")
+        eot = _special_id(self.tokenizer, "eot_token_id", "eos_token_id")
+        pooled = self.text_eot_index(ids).tolist() if eot is None else [None] * len(texts)
+        out = []
+        for row, e in zip(ids.tolist(), pooled):
+            start = 1 if row and sot is not None and row[0] == sot else 0
+            if eot is not None:  # the first end-of-text after the start (padding may repeat it)
+                e = next((i for i in range(start, len(row)) if row[i] == eot), len(row))
+            out.append(row[start:e] if e >= start else [])
+        return out
+
+    @property
+    def unknown_token_id(self) -> int | None:
+        """The tokenizer's unknown-word id (the zoo's word tokenizer, HF tokenizers); ``None`` for
+        open_clip's byte-level BPE, which encodes every string."""
+        unk = _special_id(self.tokenizer, "unk_token_id", "unk_token_id")
+        structural = {_special_id(self.tokenizer, a, b) for a, b in
+                      (("sot_token_id", "bos_token_id"), ("eot_token_id", "eos_token_id"), ("pad_token_id", "pad_token_id"))}
+        return None if unk is None or unk in structural else unk
+
     def _pool_type(self) -> tuple[str, int | None]:
         text = getattr(self.model, "text", None)
         if text is not None and hasattr(text, "pool_type"):
@@ -322,6 +357,16 @@ class OpenClipAdapter(Adapter):
     @property
     def logit_scale(self) -> float:
         return float(self.model.logit_scale.detach().exp())
+
+
+def _special_id(tok: Any, name: str, hf_name: str) -> int | None:
+    """A special token id of an open_clip-convention tokenizer (``tok.<name>``) or of the HF
+    tokenizer inside open_clip's HFTokenizer (``tok.tokenizer.<hf_name>``); ``None`` if it has none."""
+    v = getattr(tok, name, None)
+    if v is None:
+        inner = getattr(tok, "tokenizer", None)
+        v = getattr(inner, hf_name, None) if inner is not None else None
+    return int(v) if isinstance(v, int) else None
 
 
 def _decode_one(tok: Any, i: int) -> str:

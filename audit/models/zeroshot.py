@@ -40,11 +40,18 @@ class ZeroShotHead(Adapter):
         prompts: dict[str, list[str]] | list[str],
         *,
         templates: Sequence[str] | None = None,
+        where: str = "ZeroShotHead prompts",
     ) -> None:
         """Args:
             adapter: a loaded CLIP adapter (``kind == "clip"``).
             prompts: class name -> descriptions, or a list of class names (each its own description).
             templates: format strings with one ``{}``, e.g. ``"a photo of a {}."``; default ``["{}"]``.
+            where: where the prompts come from, named when they are refused (e.g. ``"model.class_prompts"``).
+
+        Raises:
+            ConfigError: prompts of two classes tokenize identically (the classes would be
+                indistinguishable), or a prompt is mostly unknown words or tokenizes to nothing
+                (:func:`audit.stats.prompts.check_prompts`).
         """
         if adapter.kind != "clip":
             raise UsageError(f"ZeroShotHead needs a CLIP adapter (kind 'clip'); {adapter.spec} is a {adapter.kind}")
@@ -61,6 +68,10 @@ class ZeroShotHead(Adapter):
         bad = [t for t in templates if t.count("{}") != 1]
         if bad:
             raise UsageError(f"ZeroShotHead: each template needs exactly one '{{}}', got {bad}")
+        from audit.stats.prompts import check_prompts
+
+        check_prompts(adapter, [t.format(d) for c, ds in classes.items() for d in ds for t in templates], where=where,
+                      groups=[c for c, ds in classes.items() for _ in ds for _ in templates])
         self.clip = adapter
         self.prompts = classes
         self.templates = templates

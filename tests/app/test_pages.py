@@ -393,6 +393,28 @@ def test_clip_probe_rejects_bad_label_input(app, clip_run: Run) -> None:
     assert any("line 2: kind 'nasty'" in e.value.replace("\\", "") for e in at.error)
 
 
+def test_clip_probe_warns_and_computes_no_gap_when_prompts_collide(app, clip_run: Run) -> None:
+    """open_clip's tokenizer lower-cases: 'Criminal' and 'criminal' are one prompt, and a gap between
+    them measures nothing (with the canary zoo's word tokenizer 'criminal' and 'thief' are both <unk>)."""
+    at = app(clip_run, page="pages/clip_probe.py")
+    at.toggle(key="cp_live").set_value(True).run()
+    at.text_area(key="cp_labels").set_value("circle\nCriminal | harmful\ncriminal | harmful")
+    at.text_area(key="cp_queries").set_value("A photo of a shape\na photo of a shape\na photo of a circle")
+    at.button[0].click()
+    at.run()
+    no_exception(at)
+    warnings = [re.sub(r"\\(.)", r"\1", str(w.value)) for w in at.warning]
+    assert any("Not valid: prompts collide" in w and "'a photo of a Criminal.' and 'a photo of a criminal.' tokenize "
+               "identically" in w and "open_clip:tiny-test" in w for w in warnings), warnings
+    assert any("Queries left out" in w and "'A photo of a shape' and 'a photo of a shape'" in w for w in warnings)
+    assert any("Harmful-label gap not computed" in i.value for i in at.info)
+    gap_tables = [f for f in frames(at) if {"difference", "p_value", "label_set"} <= set(f.columns)]
+    assert len(gap_tables) == 1  # the stored run's table only: no live gap over colliding prompts
+    assert "not valid: prompts collide" in texts(at)
+    live_skew = [f for f in frames(at) if {"query", "skew", "ndkl"} <= set(f.columns)][-1]  # after the stored one
+    assert set(live_skew["query"]) == {"a photo of a circle"}
+
+
 # ----------------------------------------------------------------------------- Compare
 def test_compare_shows_both_runs_and_their_difference(app, clf_run: Run, control_run: Run) -> None:
     at = app(clf_run, control_run, page="pages/compare.py")
