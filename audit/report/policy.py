@@ -99,8 +99,8 @@ KNOWN_METRICS = frozenset(METRIC_NAMES) | {"effect_size", "mass_in_mask", "skew"
 _LEDGER_ALIAS = {"fnr": "tpr"}
 _FAMILY_ORDER = ("range", "pairwise", "one_vs_rest")
 #: the run table a ledger metric comes from (default: disparities)
-_SOURCE = {"harmful_label_rate": "harmful_disparities", "effect_size": "association", "share": "prediction_disparities",
-           "mass_in_mask": "region_mass", "skew": "retrieval_skew", "probe_balanced_accuracy": "linear_probe",
+_SOURCE = {"harmful_label_rate": "harmful_disparities", "effect_size": "association",
+           "share": "prediction_disparities", "mass_in_mask": "region_mass", "skew": "retrieval_skew", "probe_balanced_accuracy": "linear_probe",
            "mmd2": "mmd"}
 _SCOPE_ORDER = ("overall", "macro")
 
@@ -365,8 +365,9 @@ def _attributes(run: Run, policy: Policy) -> list[str]:
     return attrs
 
 
-def _missing(rule: str, table: str, run: Run, *, metric: str = "", scope: str = "overall") -> dict[str, Any]:
-    return _row(rule, "not tested", metric=metric, scope=scope,
+def _missing(rule: str, table: str, run: Run, *, metric: str = "", scope: str = "overall",
+             threshold: float = float("nan")) -> dict[str, Any]:
+    return _row(rule, "not tested", metric=metric, scope=scope, threshold=threshold,
                 note=f"not tested: table missing (run {run.path.name} has no {table} table)")
 
 
@@ -451,15 +452,16 @@ def _gap_items(ledger: pd.DataFrame, policy: Policy, attrs: list[str], run: Run)
         name = f"max_accuracy_gap:{metric}"
         if not _check_metric("max_accuracy_gap.metrics" if rule.metrics else "metrics", metric, available, run):
             src = _SOURCE.get(metric, "disparities")
-            rows.append(_missing(name, src, run, metric=metric) if not run.has_table(src) else
-                        _row(name, "not tested", metric=metric,
+            rows.append(_missing(name, src, run, metric=metric, threshold=rule.threshold)
+                        if not run.has_table(src) else
+                        _row(name, "not tested", threshold=rule.threshold, metric=metric,
                              note=f"not tested: the run's {src} table has no {metric_label(metric)} comparison"))
             continue
         lm = ledger[ledger["metric"] == _LEDGER_ALIAS.get(metric, metric)]
         for attr in attrs:
             sub = _pick_family(_pick_scope(lm[lm["attribute"] == attr]), rule.family)
             if sub.empty:
-                rows.append(_row(name, "not tested", attribute=attr, metric=metric,
+                rows.append(_row(name, "not tested", threshold=rule.threshold, attribute=attr, metric=metric,
                                  note=f"not tested: the run has no {metric_label(metric)} comparison by {attr}"
                                       + (f" of family {rule.family}" if rule.family else "")))
                 continue
@@ -513,8 +515,9 @@ def _classwise_items(ledger: pd.DataFrame, policy: Policy, attrs: list[str], run
     if not _check_metric("max_classwise_gap.metric", rule.metric, set(cls_rows["metric"]) | set(ledger["metric"])
                          | {a for a, m in _LEDGER_ALIAS.items() if m in set(cls_rows["metric"])}, run):
         if not run.has_table("disparities"):
-            return [], [_missing(name, "disparities", run, metric=rule.metric, scope="class:*")]
-        return [], [_row(name, "not tested", metric=rule.metric, scope="class:*",
+            return [], [_missing(name, "disparities", run, metric=rule.metric, scope="class:*",
+                                 threshold=rule.threshold)]
+        return [], [_row(name, "not tested", threshold=rule.threshold, metric=rule.metric, scope="class:*",
                          note=f"not tested: the run has no per-class {metric_label(rule.metric)} comparison")]
     items, rows = [], []
     for attr in attrs:
@@ -522,7 +525,8 @@ def _classwise_items(ledger: pd.DataFrame, policy: Policy, attrs: list[str], run
         picked = [_pick_family(g, rule.family) for _, g in sub.groupby("scope", sort=False)] if len(sub) else []
         sub = pd.concat(picked) if picked else sub.iloc[0:0]
         if sub.empty:
-            rows.append(_row(name, "not tested", attribute=attr, metric=rule.metric, scope="class:*",
+            rows.append(_row(name, "not tested", threshold=rule.threshold, attribute=attr, metric=rule.metric,
+                             scope="class:*",
                              note=f"not tested: the run has no per-class {metric_label(rule.metric)} comparison "
                                   f"by {attr}" + (f" of family {rule.family}" if rule.family else "")))
             continue
@@ -539,8 +543,9 @@ def _association_items(ledger: pd.DataFrame, policy: Policy, attrs: list[str], r
     at = ledger[ledger["kind"] == "association"]
     if at.empty:
         if not run.has_table("association"):
-            return [], [_missing(name, "association", run, metric="effect_size", scope="test:*")]
-        return [], [_row(name, "not tested", metric="effect_size", scope="test:*",
+            return [], [_missing(name, "association", run, metric="effect_size", scope="test:*",
+                                 threshold=rule.threshold)]
+        return [], [_row(name, "not tested", threshold=rule.threshold, metric="effect_size", scope="test:*",
                          note="not tested: the run's association table holds no test")]
     items = []
     for r in at[at["attribute"].isin(attrs)].to_dict("records"):
@@ -614,7 +619,8 @@ def _item_row(it: _Item, note: str | None = None, outcome: Outcome | None = None
     group = f"{wg} vs {bg}" if wg and bg else wg
     ci_lo, ci_hi = r.get("ci_low"), r.get("ci_high")
     if it.key == "max_association_effect_size" and (_num(r.get("gap")) or 0) < 0:
-        ci_lo, ci_hi = (None if _num(ci_hi) is None else -_num(ci_hi)), (None if _num(ci_lo) is None else -_num(ci_lo))
+        lo_, hi_ = _num(ci_lo), _num(ci_hi)
+        ci_lo, ci_hi = (None if hi_ is None else -hi_), (None if lo_ is None else -lo_)
     return _row(it.rule, outcome or it.outcome, attribute=it.attribute, metric=metric, scope=scope, group=group,
                 observed=it.observed, threshold=it.cfg.threshold, lo=ci_lo, hi=ci_hi, n=r.get("n_worst"),
                 n_other=r.get("n_best"), p_value=r.get("p_value"), p_adj=it.p_gate,
@@ -658,11 +664,12 @@ def _per_class_rows(run: Run, ledger: pd.DataFrame, policy: Policy, attrs: list[
     assert rule is not None
     name = f"min_per_class_metric:{rule.metric}"
     if not run.has_table("group_performance"):
-        return [_missing(name, "group_performance", run, metric=rule.metric, scope="class:*")]
+        return [_missing(name, "group_performance", run, metric=rule.metric, scope="class:*",
+                         threshold=rule.threshold)]
     perf = run.table("group_performance")
     cells = perf[(perf["metric"] == rule.metric) & ~perf["cls"].astype(str).str.startswith("__")]
     if not _check_metric("min_per_class_metric.metric", rule.metric, set(cells["metric"]), run):
-        return [_row(name, "not tested", metric=rule.metric, scope="class:*",
+        return [_row(name, "not tested", threshold=rule.threshold, metric=rule.metric, scope="class:*",
                      note=f"not tested: group_performance has no per-class {metric_label(rule.metric)} rows")]
     key = {"ci_high": "ci_high", "point": "value", "ci_low": "ci_low"}[rule.bound]
     what = {"ci_high": "upper end of the 95% interval", "point": "point estimate",
@@ -697,7 +704,8 @@ def _per_class_rows(run: Run, ledger: pd.DataFrame, policy: Policy, attrs: list[
         rows.append(_row(name, "fail" if failed else "pass", attribute=attr, metric=rule.metric, scope=scope,
                          group=str(w["group"]), observed=observed, threshold=rule.threshold, lo=w["ci_low"],
                          hi=w["ci_high"], n=w["n"], p_value=lr.get("p_value"), p_adj=lr.get("p_adj"),
-                         correction=str(lr.get("correction") or ""), note=note + small, text=str(lr.get("text") or "")))
+                         correction=str(lr.get("correction") or ""), note=note + small,
+                         text=str(lr.get("text") or "")))
     return rows
 
 
@@ -706,12 +714,12 @@ def _worst_rows(run: Run, ledger: pd.DataFrame, policy: Policy, attrs: list[str]
     assert rule is not None
     name = f"min_worst_group_{rule.metric}"
     if not run.has_table("group_performance"):
-        return [_missing(name, "group_performance", run, metric=rule.metric)]
+        return [_missing(name, "group_performance", run, metric=rule.metric, threshold=rule.threshold)]
     perf = run.table("group_performance")
     pm = perf[perf["metric"] == rule.metric]
     if not _check_metric("min_worst_group_accuracy.metric", rule.metric, set(perf["metric"]), run):
-        return [_row(name, "not tested", metric=rule.metric, note=f"not tested: group_performance has no "
-                                                                   f"{metric_label(rule.metric)} rows")]
+        return [_row(name, "not tested", threshold=rule.threshold, metric=rule.metric,
+                     note=f"not tested: group_performance has no {metric_label(rule.metric)} rows")]
     for cls in ("__all__", "__macro__"):  # the whole-task row, else the macro mean
         if (pm["cls"] == cls).any():
             pm = pm[pm["cls"] == cls]
@@ -752,7 +760,8 @@ def _harmful_rows(run: Run, ledger: pd.DataFrame, policy: Policy, attrs: list[st
     assert rule is not None
     name = "max_harmful_label_rate"
     if not run.has_table("harmful_rates"):
-        return [_missing(name, "harmful_rates", run, metric="harmful_label_rate", scope="labels:*")]
+        return [_missing(name, "harmful_rates", run, metric="harmful_label_rate", scope="labels:*",
+                         threshold=rule.threshold)]
     hr = run.table("harmful_rates")
     lh = ledger[ledger["kind"] == "harmful_label"]
     rows = []
