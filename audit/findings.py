@@ -228,6 +228,12 @@ def _performance(tables: Tables, alpha: float) -> list[dict[str, Any]]:
             nb = "" if row["n_best"] is None else f", n={_n(row['n_best'])}"
             what = {"range": f"gap across {int(r.get('k') or 0)} groups", "pairwise": "pairwise gap",
                     "one_vs_rest": "gap to the rest"}.get(family, "gap")
+            if worst_g == best_g:  # every group compared has the same value: name no "worst vs best" pair
+                row["text"] = (f"{label} by {attr}: {_fmt(worst_v)} in each of the {int(r.get('k') or 0)} groups "
+                               f"compared (no gap), p_adj = {_fmt_p(row['p_adj'])}, "
+                               f"{_verdict(sig, status, correction)}.")
+                out.append(row)
+                continue
             row["text"] = (
                 f"{label} by {attr}: {_fmt(worst_v)} for {worst_g}{nw} vs {_fmt(best_v)} for {best_g}{nb}; "
                 f"{what} {_fmt(gap)} (95% CI {_fmt(lo)} to {_fmt(hi)}), p_adj = {_fmt_p(row['p_adj'])}, "
@@ -266,6 +272,10 @@ def _harmful(tables: Tables, alpha: float) -> list[dict[str, Any]]:
                    source="harmful_disparities")
         if not tested:
             row["text"] = f"harmful-label rate by {attr}: not tested (fewer than two groups large enough)."
+        elif worst == best:  # every group compared has the same rate
+            row["text"] = (f"harmful-label rate ({r.get('label_set', '')}) by {attr}: {_fmt(wv)} in each of the "
+                           f"{int(r.get('k') or 0)} groups compared (no gap), p_adj = {_fmt_p(row['p_adj'])}, "
+                           f"{_verdict(sig, status, correction)}.")
         else:
             row["text"] = (
                 f"harmful-label rate ({r.get('label_set', '')}) by {attr}: {_fmt(wv)} for {worst}, n={_n(wn)} vs "

@@ -137,3 +137,11 @@ def test_label_free_run_reports_its_embedding_findings() -> None:
     assert len(f) == 1 and f.iloc[0]["significant"]
     assert "embeddings encode bg" in f.iloc[0]["text"]
     assert summary_line(f).startswith("1 of 1 tested comparisons are significant")
+
+
+def test_a_tie_names_no_worst_and_best_pair() -> None:
+    disp = pd.DataFrame([_disp(max_group="dotted", min_group="dotted", max_value=1.0, min_value=1.0, difference=0.0,
+                               diff_ci_low=0.0, diff_ci_high=0.01, p_value=1.0, p_holm=1.0, significant=False)])
+    text = build_findings({"disparities": disp}).iloc[0]["text"]
+    assert text.startswith("accuracy by bg: 1.000 in each of the 3 groups compared (no gap)")
+    assert "dotted" not in text
