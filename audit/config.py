@@ -122,9 +122,9 @@ class ExplainConfig(_Strict):
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, v: list[str]) -> list[str]:
-        from audit.explain import list_methods
+        from audit.registry import METHODS  # filled by audit.explain on first use
 
-        known = list_methods()
+        known = METHODS.names()
         bad = [m for m in v if m not in known]
         if bad:
             raise ValueError(f"unknown explanation method(s) {bad}; known: {known} (`vision-audit explain --list-methods`)")

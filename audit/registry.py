@@ -10,6 +10,7 @@ Extending vision-audit means registering, not editing an if/elif chain::
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -21,10 +22,14 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Maps names to objects. Unknown names raise a :class:`UsageError` listing the known ones."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, home: str | None = None) -> None:
+        """``home``: the package whose import registers the built-in entries (imported by name on
+        first use, so a reader of the registry, e.g. the config, needs no import of it)."""
         self.kind = kind
         self._items: dict[str, T] = {}
         self._loaders: list[Callable[[], None]] = []
+        if home is not None:
+            self._loaders.append(lambda: importlib.import_module(home))
 
     def register(self, name: str, obj: T | None = None):
         """Register ``obj`` under ``name``; usable as a decorator when ``obj`` is omitted."""
@@ -70,6 +75,6 @@ class Registry(Generic[T]):
 #: model families: name -> Adapter subclass (see audit.models)
 ADAPTERS: Registry = Registry("model family")
 #: explanation methods: name -> callable (see audit.explain)
-METHODS: Registry = Registry("explanation method")
+METHODS: Registry = Registry("explanation method", home="audit.explain")
 #: group metrics: name -> metric definition (see audit.stats)
 METRICS: Registry = Registry("metric")
