@@ -61,7 +61,8 @@ def performance(ctx: Context) -> None:
     ctx.progress("stats", 0, 2)
     ctx.run.write_table("group_performance", group_performance(preds, **common))
     ctx.progress("stats", 1, 2)
-    ctx.run.write_table("disparities", disparity_tests(preds, n_perm=st.n_perm, **common))
+    ctx.run.write_table("disparities", disparity_tests(preds, n_perm=st.n_perm, comparisons=tuple(st.comparisons),
+                                                       **common))
     ctx.progress("stats", 2, 2)
     ctx.run.save_meta()
 
@@ -278,7 +279,7 @@ def explanations(ctx: Context) -> None:
                     up.clamp_min(0).numpy(), masks_all[ok].numpy().astype(bool), groups[ok].reset_index(drop=True),
                     group_cols=ctx.group_columns,
                     method=m, n_boot=ctx.config.stats.n_boot, n_perm=ctx.config.stats.n_perm,
-                    seed=ctx.config.stats.seed, min_group_size=min(ctx.config.stats.min_group_size, 10),
+                    seed=ctx.config.stats.seed, min_group_size=ctx.config.stats.min_group_size,
                 )
             )
         if frames:

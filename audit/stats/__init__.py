@@ -1,8 +1,9 @@
 """Group statistics with honest uncertainty: pure functions over DataFrames and arrays.
 
 Every function returns a tidy DataFrame whose columns are fixed by docs/RUN_FORMAT.md.
-Submodules: performance (group metrics, disparity tests), resampling (count bootstrap,
-permutations, intervals), multiple (Holm, BH), embeddings, association (WEAT, zero-shot,
+Submodules: performance (group metrics, disparity tests), intervals (gap, ratio and
+difference intervals that cover), resampling (count bootstrap, permutations, intervals),
+multiple (Holm, BH), embeddings, association (WEAT, zero-shot,
 harmful labels), retrieval (skew, NDKL), regions (explanation mass by group), sets
 (shipped label / query / word / prompt sets).
 """
@@ -18,6 +19,7 @@ from audit.stats.association import (
     zeroshot_label_distribution,
 )
 from audit.stats.embeddings import embedding_group_stats, linear_probe, mmd_test, projection
+from audit.stats.intervals import difference_interval, group_intervals, range_interval, ratio_interval
 from audit.stats.multiple import bh, holm
 from audit.stats.performance import (
     disparity_tests,
@@ -33,10 +35,12 @@ __all__ = [
     "AssociationTest",
     "association_table",
     "bh",
+    "difference_interval",
     "disparity_tests",
     "embedding_group_stats",
     "expected_calibration_error",
     "fairness_summary",
+    "group_intervals",
     "group_performance",
     "harmful_label_rates",
     "holm",
@@ -47,6 +51,8 @@ __all__ = [
     "ndkl",
     "paired_mass_test",
     "projection",
+    "range_interval",
+    "ratio_interval",
     "region_mass_by_group",
     "retrieval_skew",
     "shipped_sets",

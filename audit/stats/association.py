@@ -8,7 +8,9 @@
   implements the permutation test on embeddings, so it is written out here.
 * Harmful-label rate (Agarwal et al. 2021): H_g = P(argmax_c sim(x, t_c) is a harmful
   label | g) over a label set mixing group labels, non-human and crime-related labels.
-  The result depends on the label set, so its name travels with every row.
+  The result depends on the label set, so its name travels with every row. Rate intervals
+  are never narrower than the Wilson interval; the max-min gap's interval comes from
+  simultaneous per-group intervals (:mod:`audit.stats.intervals`), so that it covers.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from audit.errors import UsageError
+from audit.stats.intervals import group_intervals, range_interval
 from audit.stats.multiple import holm
 from audit.stats.resampling import (
     as_rng,
@@ -322,9 +325,15 @@ def harmful_label_rates(
 
     Returns:
         (harmful_rates, harmful_disparities) with columns :data:`HARMFUL_RATE_COLUMNS` and
-        :data:`HARMFUL_DISPARITY_COLUMNS`. Rates have binomial count-bootstrap percentile
-        intervals; the gap p-value permutes group labels (hypergeometric on counts), +1 corrected;
-        p_holm is over the attributes tested.
+        :data:`HARMFUL_DISPARITY_COLUMNS`. A rate's interval is the hull of its count-bootstrap
+        percentile interval and its Wilson score interval (a percentile bootstrap collapses to
+        [0, 0] for a group with no harmful label; harmful labels are rare). The gap's interval is
+        :func:`audit.stats.intervals.range_interval` over the non-small groups (simultaneous
+        per-group intervals: it covers the true max-min gap, contains 0 when the groups
+        overlap and always contains the estimate). The gap p-value permutes group labels
+        (hypergeometric on counts), +1 corrected, ties between the observed and permuted gaps
+        broken at random (exact level for this very discrete statistic); p_holm is over the
+        attributes tested. ``n_perm = 0`` leaves p NaN.
     """
     _check_labels(labels_df, text_emb)
     harmful = labels_df["kind"].astype(str).isin(list(harmful_kinds)).to_numpy()
@@ -344,7 +353,8 @@ def harmful_label_rates(
         rate = counts[:, 1] / np.maximum(n, 1)
         boot = multinomial_bootstrap(counts, n_boot=n_boot, seed=rng)  # (B, G, 2)
         brate = boot[..., 1] / np.maximum(n, 1)
-        lo, hi = percentile_ci(brate, alpha=alpha)
+        parts = (counts[:, 1:2], n[:, None])  # (G, 1) successes and trials: a rate
+        lo, hi = group_intervals(rate, brate, alpha=alpha, score_parts=parts)
         small = n < min_group_size
         for g, name in enumerate(names):
             rate_rows.append((col, str(name), int(n[g]), float(rate[g]), float(lo[g]), float(hi[g]), bool(small[g])))
@@ -354,11 +364,12 @@ def harmful_label_rates(
             r = rate[ok]
             imax, imin = int(np.argmax(r)), int(np.argmin(r))
             diff = float(r[imax] - r[imin])
-            bgap = brate[:, ok].max(axis=1) - brate[:, ok].min(axis=1)
-            dlo, dhi = percentile_ci(bgap, alpha=alpha)
-            perm = hypergeometric_permutation(counts[ok], n_perm=n_perm, seed=rng)  # (P, k, 2)
-            prate = perm[..., 1] / n[ok]
-            p = float(permutation_pvalue(diff, prate.max(axis=1) - prate.min(axis=1)))
+            dlo, dhi = range_interval(r, brate[:, ok], alpha=alpha, score_parts=(parts[0][ok], parts[1][ok]))
+            p = np.nan
+            if n_perm > 0:
+                perm = hypergeometric_permutation(counts[ok], n_perm=n_perm, seed=rng)  # (P, k, 2)
+                prate = perm[..., 1] / n[ok]
+                p = float(permutation_pvalue(diff, prate.max(axis=1) - prate.min(axis=1), ties="random", seed=rng))
             row.update(difference=diff, diff_ci_low=float(dlo), diff_ci_high=float(dhi),
                        max_group=str(names[ok[imax]]), min_group=str(names[ok[imin]]), p_value=p)
         else:

@@ -10,10 +10,25 @@ Point estimates come from fairlearn's :class:`~fairlearn.metrics.MetricFrame`
   group-label permutation null is a multivariate hypergeometric draw of each group's
   cells from the pooled cells (:func:`audit.stats.resampling.hypergeometric_permutation`).
   A million rows cost what a thousand do.
-* ECE is resampled through its (confidence bin, correct) cell counts; the mean
-  confidence of each cell is held at its observed value (the group's for the
-  bootstrap, the pooled one for permutations). With 15 bins the spread of confidence
-  inside a cell is small, so this approximation only ignores within-cell jitter.
+* ECE resamples rows, confidence together with correctness, in the bootstrap (rows drawn
+  with replacement within the group) and in the permutation null (group labels permuted
+  over rows). ECE = sum_b |S_b| / n with S_b the sum over bin b of (correct - confidence),
+  so a resample is one weighted bincount over (replicate, group, bin) cells, in chunks
+  that bound the memory. (Holding each cell's mean confidence fixed, as an earlier
+  version did, made pairwise ECE tests reject about 25% of exchangeable groups at 97%
+  accuracy and gave an all-correct group an interval of width 0.) Above
+  :data:`ECE_EXACT_ROW_DRAWS` rows x resamples, the (bin, correct) cell counts are still
+  drawn exactly (multinomial / multivariate hypergeometric) and each cell's confidence sum
+  is a normal draw with the moments of sampling its rows with (bootstrap) or without
+  (permutation, finite-population corrected) replacement: the large-sample limit of the
+  row resampling, which keeps a million rows cheap.
+
+Gaps (:func:`disparity_tests`, families "range", "pairwise", "one_vs_rest"): intervals from
+:mod:`audit.stats.intervals` (simultaneous per-group intervals, never narrower than the
+Wilson score interval for rates: they cover the true range / ratio, contain 0 when the
+groups overlap, and always contain the estimate); permutation p-values with ties broken
+at random (the gap between a few errors ties often; counting ties in full rejected 2% of
+exchangeable pairs at alpha = 5%), refined sequentially while small.
 
 Metric rows per ``cls``: ``"__all__"`` carries multiclass accuracy, balanced accuracy
 (mean recall over the classes present) and top-label ECE; a class name carries the
@@ -40,16 +55,19 @@ import numpy as np
 import pandas as pd
 
 from audit.errors import UsageError
+from audit.stats.intervals import difference_interval, range_interval, ratio_interval
 from audit.stats.multiple import bh, holm
 from audit.stats.resampling import (
     as_rng,
     hypergeometric_permutation,
     multinomial_bootstrap,
     percentile_ci,
-    permutation_pvalue,
+    permutation_counts,
+    tie_broken_pvalue,
 )
 
 __all__ = [
+    "COMPARISONS",
     "DISPARITY_COLUMNS",
     "FAIRNESS_SUMMARY_COLUMNS",
     "GROUP_PERFORMANCE_COLUMNS",
@@ -76,8 +94,10 @@ GROUP_PERFORMANCE_COLUMNS = [
 DISPARITY_COLUMNS = [
     "attribute", "metric", "cls", "k", "n_excluded", "max_group", "min_group", "max_value", "min_value",
     "difference", "diff_ci_low", "diff_ci_high", "ratio", "ratio_ci_low", "ratio_ci_high",
-    "p_value", "p_holm", "p_bh", "significant", "test", "note",
+    "p_value", "p_holm", "p_bh", "significant", "family", "correction", "test", "note",
 ]
+COMPARISONS: tuple[str, ...] = ("range", "pairwise", "one_vs_rest")
+Comparison = Literal["range", "pairwise", "one_vs_rest"]
 FAIRNESS_SUMMARY_COLUMNS = ["attribute", "metric", "value", "pos_label", "n"]
 
 _DENOM_NAME = {
@@ -429,9 +449,39 @@ def _ece_metric(y_true, y_pred, *, sample_weight=None, n_bins: int) -> float:
 
 # --------------------------------------------------------------------------- the engine
 
+#: ECE resampling draws rows exactly (confidence and correctness together) while rows x
+#: resamples stays at or below this; above it, the cell approximation is used (module docstring).
+ECE_EXACT_ROW_DRAWS = 50_000_000
+_CHUNK = 1 << 20  # elements per vectorised chunk: bounds the memory of every resampling step
+
+
+def _score_parts(cm: np.ndarray, metric: str, ck: int | str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(successes, trials), each (..., J): the J rates whose mean is the metric (None for ECE)."""
+    if metric == "ece":
+        return None
+    if ck == ALL:
+        if metric == "accuracy":
+            return (np.trace(cm, axis1=-2, axis2=-1)[..., None].astype(np.float64),
+                    cm.sum(axis=(-2, -1))[..., None].astype(np.float64))
+        return np.diagonal(cm, axis1=-2, axis2=-1).astype(np.float64), cm.sum(axis=-1).astype(np.float64)
+    tp, fn, fp, tn = _ovr_parts(cm)  # (..., K)
+    if metric == "balanced_accuracy":
+        x, n = np.stack([tp, tn], axis=-1), np.stack([tp + fn, tn + fp], axis=-1)  # (..., K, 2)
+    else:
+        x, n = {"tpr": (tp, tp + fn), "fnr": (fn, tp + fn), "fpr": (fp, fp + tn), "precision": (tp, tp + fp),
+                "selection_rate": (tp + fp, tp + fn + fp + tn)}[metric]
+        x, n = x[..., None], n[..., None]  # (..., K, 1)
+    if ck == MACRO:
+        return x.reshape(*x.shape[:-2], -1), n.reshape(*n.shape[:-2], -1)
+    return x[..., ck, :], n[..., ck, :]
+
 
 class _Engine:
-    """Counts for one attribute: per-group confusion matrices and ECE cells, and resampling on them."""
+    """Counts for one attribute (per-group confusion matrices, ECE rows and cells) and resampling on them.
+
+    ECE is carried as S (..., n_bins): the sum over a bin's rows of (correct - confidence), so
+    that ECE = sum_b |S_b| / n. Resampling rows resamples S exactly.
+    """
 
     def __init__(self, prep: _Prepared, codes: np.ndarray, n_groups: int, ece_bins: int) -> None:
         K = len(prep.classes)
@@ -447,18 +497,32 @@ class _Engine:
         self.n_rows = self.cm.sum(axis=(1, 2))
         self.has_ece = prep.score is not None
         if self.has_ece:
-            b = _bin_index(prep.score, ece_bins)
-            cell = (codes * ece_bins + b) * 2 + (prep.y == prep.yhat)
-            size = n_groups * ece_bins * 2
-            self.ece_counts = np.bincount(cell, minlength=size).reshape(n_groups, ece_bins, 2)
-            sums = np.bincount(cell, weights=prep.score, minlength=size).reshape(n_groups, ece_bins, 2)
-            self.ece_mean = np.nan_to_num(_div(sums, self.ece_counts))  # (G, bins, 2)
-            self.ece_pooled_mean = np.nan_to_num(_div(sums.sum(0), self.ece_counts.sum(0)))  # (bins, 2)
+            nb = ece_bins
+            b = _bin_index(prep.score, nb)
+            corr = prep.y == prep.yhat
+            cell = (codes * nb + b) * 2 + corr
+            size = n_groups * nb * 2
+            self.ece_counts = np.bincount(cell, minlength=size).reshape(n_groups, nb, 2)
+            self._ece_sum = np.bincount(cell, weights=prep.score, minlength=size).reshape(n_groups, nb, 2)
+            self._ece_sumsq = np.bincount(cell, weights=prep.score ** 2, minlength=size).reshape(n_groups, nb, 2)
+            self.ece_mean = np.nan_to_num(_div(self._ece_sum, self.ece_counts))  # (G, bins, 2)
+            self.ece_S = self.ece_counts[..., 1] - self._ece_sum.sum(axis=-1)  # (G, bins)
+            order = np.argsort(codes, kind="stable")  # rows grouped by group, for exact row resampling
+            self._row_bin = b[order]
+            self._row_d = (corr.astype(np.float64) - prep.score)[order]
+            self._start = np.concatenate([[0], np.cumsum(self.n_rows)])
+            edges = np.arange(nb + 1) / nb
+            self._cell_lo = np.repeat(edges[:-1], 2).reshape(nb, 2)  # confidence range of each cell
+            self._cell_hi = np.repeat(edges[1:], 2).reshape(nb, 2)
 
-    def value(self, cm: np.ndarray, metric: str, ck: int | str, ece: np.ndarray | None = None,
-              ece_mean: np.ndarray | None = None) -> np.ndarray:
+    # ---- values
+
+    def value(self, key: tuple[str, int | str], cm: np.ndarray | None = None, S: np.ndarray | None = None,
+              n: np.ndarray | None = None) -> np.ndarray:
+        """Metric ``key`` from confusion matrices ``cm`` (..., K, K), or for ECE from S (..., bins) and sizes n."""
+        metric, ck = key
         if metric == "ece":
-            return _ece_from_cells(ece, ece_mean)
+            return _div(np.abs(S).sum(axis=-1), n)
         return _metric_value(cm, metric, ck)
 
     def denom(self, metric: str, ck: int | str) -> np.ndarray:
@@ -466,34 +530,169 @@ class _Engine:
             return self.n_rows
         return _metric_denom(self.cm, metric, ck)
 
-    def bootstrap(self, keys, *, n_boot: int, rng: np.random.Generator) -> dict:
-        """(B, G) replicate values per key; every group resampled independently."""
-        out = {k: np.full((n_boot, self.G), np.nan) for k in keys}
-        cm_flat = self.cm.reshape(self.G, -1)
-        for g in range(self.G):
-            if self.n_rows[g] == 0:
-                continue
-            rep = multinomial_bootstrap(cm_flat[g], n_boot=n_boot, seed=rng).reshape(n_boot, self.K, self.K)
-            ece_rep = None
-            if self.has_ece and any(m == "ece" for m, _ in keys):
-                ece_rep = multinomial_bootstrap(self.ece_counts[g].ravel(), n_boot=n_boot, seed=rng)
-                ece_rep = ece_rep.reshape(n_boot, self.ece_bins, 2)
-            for m, ck in keys:
-                out[(m, ck)][:, g] = self.value(rep, m, ck, ece_rep, self.ece_mean[g] if ece_rep is not None else None)
-        return out
+    def rest(self, key: tuple[str, int | str]) -> tuple[np.ndarray, np.ndarray, tuple | None]:
+        """Value, denominator and score parts of "every other row of the attribute", per group: (G,) each."""
+        if key[0] == "ece":
+            n_rest = self.n_rows.sum() - self.n_rows
+            return self.value(key, S=self.ece_S.sum(axis=0)[None] - self.ece_S, n=n_rest), n_rest, None
+        cm_rest = self.cm.sum(axis=0)[None] - self.cm
+        return (self.value(key, cm=cm_rest), np.asarray(_metric_denom(cm_rest, *key), dtype=np.float64),
+                _score_parts(cm_rest, *key))
 
-    def permute(self, keys, groups: np.ndarray, *, n_perm: int, rng: np.random.Generator) -> dict:
-        """(P, len(groups)) values per key after permuting labels among ``groups`` only."""
-        cm_flat = self.cm[groups].reshape(len(groups), -1)
-        rep = hypergeometric_permutation(cm_flat, n_perm=n_perm, seed=rng).reshape(n_perm, len(groups), self.K, self.K)
-        ece_rep = None
-        if self.has_ece and any(m == "ece" for m, _ in keys):
-            e = self.ece_counts[groups].reshape(len(groups), -1)
-            ece_rep = hypergeometric_permutation(e, n_perm=n_perm, seed=rng).reshape(
-                n_perm, len(groups), self.ece_bins, 2
-            )
-        pooled = self.ece_pooled_mean if ece_rep is not None else None
-        return {(m, ck): self.value(rep, m, ck, ece_rep, pooled) for m, ck in keys}
+    def score_parts(self, key: tuple[str, int | str]) -> tuple[np.ndarray, np.ndarray] | None:
+        return _score_parts(self.cm, *key)
+
+    # ---- bootstrap
+
+    def bootstrap(self, keys, *, n_boot: int, rng: np.random.Generator, rest: bool = False) -> tuple[dict, dict | None]:
+        """(B, G) replicate values per key, every group resampled independently.
+
+        With ``rest`` also (B, G) replicates of each group's complement within the attribute
+        (the sum of the other groups' replicates: a stratified bootstrap of the rest).
+        """
+        B, G, K = int(n_boot), self.G, self.K
+        cm_keys = [k for k in keys if k[0] != "ece"]
+        ece_keys = [k for k in keys if k[0] == "ece"] if self.has_ece else []
+        kids = np.random.SeedSequence(int(rng.integers(2**63))).spawn(2 * G)
+        vals = {k: np.full((B, G), np.nan) for k in keys}
+        rest_vals = {k: np.full((B, G), np.nan) for k in keys} if rest else None
+        if cm_keys:
+            cm_flat = self.cm.reshape(G, -1)
+            total = np.zeros((B, K * K), dtype=np.int64) if rest else None
+            for g in range(G):
+                if self.n_rows[g] == 0:
+                    continue
+                rep = multinomial_bootstrap(cm_flat[g], n_boot=B, seed=np.random.default_rng(kids[g]))
+                if total is not None:
+                    total += rep
+                rep = rep.reshape(B, K, K)
+                for k in cm_keys:
+                    vals[k][:, g] = self.value(k, cm=rep)
+            if rest_vals is not None:
+                for g in range(G):  # the same draws again (same seeds): rest = total - own
+                    own = (multinomial_bootstrap(cm_flat[g], n_boot=B, seed=np.random.default_rng(kids[g]))
+                           if self.n_rows[g] else 0)
+                    rep = (total - own).reshape(B, K, K)
+                    for k in cm_keys:
+                        rest_vals[k][:, g] = self.value(k, cm=rep)
+        if ece_keys:
+            S = np.stack([self._ece_boot(g, B, np.random.default_rng(kids[G + g])) for g in range(G)], axis=1)
+            for k in ece_keys:
+                vals[k] = self.value(k, S=S, n=self.n_rows[None, :])
+                if rest_vals is not None:
+                    rest_vals[k] = self.value(k, S=S.sum(axis=1, keepdims=True) - S,
+                                              n=(self.n_rows.sum() - self.n_rows)[None, :])
+        return vals, rest_vals
+
+    def _ece_boot(self, g: int, B: int, gen: np.random.Generator) -> np.ndarray:
+        """(B, bins) S of B row bootstraps of group g."""
+        nb = self.ece_bins
+        s, e = int(self._start[g]), int(self._start[g + 1])
+        n = e - s
+        if n == 0:
+            return np.zeros((B, nb))
+        if n * B <= ECE_EXACT_ROW_DRAWS:
+            bins, d = self._row_bin[s:e], self._row_d[s:e]
+            out = np.empty((B, nb))
+            step = max(1, _CHUNK // n)
+            for a in range(0, B, step):
+                m = min(step, B - a)
+                idx = gen.integers(0, n, size=(m, n))
+                key = bins[idx] + nb * np.arange(m)[:, None]
+                out[a:a + m] = np.bincount(key.ravel(), weights=d[idx].ravel(), minlength=m * nb).reshape(m, nb)
+            return out
+        # cell approximation: exact multinomial (bin, correct) counts, normal confidence sums
+        cnt = multinomial_bootstrap(self.ece_counts[g].ravel(), n_boot=B, seed=gen).reshape(B, nb, 2)
+        c = self.ece_counts[g]
+        var = np.maximum(np.nan_to_num(_div(self._ece_sumsq[g], c)) - self.ece_mean[g] ** 2, 0.0)
+        conf = cnt * self.ece_mean[g] + np.sqrt(cnt * var) * gen.standard_normal(cnt.shape)
+        conf = np.clip(conf, cnt * self._cell_lo, cnt * self._cell_hi)
+        return cnt[..., 1] - conf.sum(axis=-1)
+
+    # ---- permutations
+
+    def permute(self, keys, groups: np.ndarray, *, n_perm: int, rng: np.random.Generator,
+                rest: bool = False) -> tuple[dict, dict | None]:
+        """(P, len(groups)) values per key after permuting group labels among the rows of ``groups``.
+
+        With ``rest`` also (P, len(groups)) values of each group's complement among those rows.
+        Confusion-matrix metrics are drawn on counts (multivariate hypergeometric); ECE permutes
+        rows (confidence with correctness), or uses the cell approximation for very many rows.
+        """
+        groups = np.asarray(groups, dtype=np.int64)
+        k, K, P = len(groups), self.K, int(n_perm)
+        cm_keys = [key for key in keys if key[0] != "ece"]
+        ece_keys = [key for key in keys if key[0] == "ece"] if self.has_ece else []
+        vals = {key: np.empty((P, k)) for key in keys}
+        rest_vals = {key: np.empty((P, k)) for key in keys} if rest else None
+        if cm_keys:
+            cm_flat = self.cm[groups].reshape(k, -1)
+            pool = cm_flat.sum(axis=0)
+            step = max(1, 4 * _CHUNK // (k * K * K))
+            for a in range(0, P, step):
+                m = min(step, P - a)
+                rep = hypergeometric_permutation(cm_flat, n_perm=m, seed=rng)  # (m, k, K*K)
+                for key in cm_keys:
+                    vals[key][a:a + m] = self.value(key, cm=rep.reshape(m, k, K, K))
+                    if rest_vals is not None:
+                        rest_vals[key][a:a + m] = self.value(key, cm=(pool - rep).reshape(m, k, K, K))
+        if ece_keys:
+            n = self.n_rows[groups]
+            step = max(1, 4 * _CHUNK // (k * 2 * self.ece_bins))
+            for a in range(0, P, step):
+                m = min(step, P - a)
+                S = self._ece_perm(groups, m, rng)  # (m, k, bins)
+                for key in ece_keys:
+                    vals[key][a:a + m] = self.value(key, S=S, n=n)
+                    if rest_vals is not None:
+                        rest_vals[key][a:a + m] = self.value(key, S=self.ece_S[groups].sum(axis=0) - S, n=n.sum() - n)
+        return vals, rest_vals
+
+    def _ece_perm(self, groups: np.ndarray, P: int, rng: np.random.Generator) -> np.ndarray:
+        """(P, k, bins) S of each group after permuting labels among the rows of ``groups``."""
+        nb, k = self.ece_bins, len(groups)
+        sizes = self.n_rows[groups]
+        n = int(sizes.sum())
+        if n * P <= ECE_EXACT_ROW_DRAWS:
+            sl = [slice(int(self._start[g]), int(self._start[g + 1])) for g in groups]
+            bins = np.concatenate([self._row_bin[s] for s in sl])
+            d = np.concatenate([self._row_d[s] for s in sl])
+            lab = np.repeat(np.arange(k), sizes)
+            out = np.empty((P, k, nb))
+            step = max(1, _CHUNK // max(n, 1))
+            for a in range(0, P, step):
+                m = min(step, P - a)
+                pl = rng.permuted(np.broadcast_to(lab, (m, n)), axis=1)  # (m, n) permuted labels
+                key = (pl + k * np.arange(m)[:, None]) * nb + bins[None, :]
+                out[a:a + m] = np.bincount(key.ravel(), weights=np.broadcast_to(d, (m, n)).ravel(),
+                                           minlength=m * k * nb).reshape(m, k, nb)
+            return out
+        # cell approximation: exact hypergeometric (bin, correct) counts; each group's confidence
+        # sum in a cell is a normal draw with the moments of sampling without replacement from
+        # what the previous groups left of the pooled cell
+        cells = self.ece_counts[groups].reshape(k, -1)  # (k, 2 bins)
+        cnt = hypergeometric_permutation(cells, n_perm=P, seed=rng).astype(np.float64)  # (P, k, C)
+        N = np.broadcast_to(cells.sum(axis=0).astype(np.float64), (P, cells.shape[1])).copy()
+        R = np.broadcast_to(self._ece_sum[groups].reshape(k, -1).sum(axis=0), N.shape).copy()
+        tot_n = cells.sum(axis=0)
+        mean = _div(self._ece_sum[groups].reshape(k, -1).sum(axis=0), tot_n)
+        var = np.maximum(np.nan_to_num(_div(self._ece_sumsq[groups].reshape(k, -1).sum(axis=0), tot_n)
+                                        - np.nan_to_num(mean) ** 2), 0.0)
+        lo, hi = self._cell_lo.ravel(), self._cell_hi.ravel()
+        conf = np.empty_like(cnt)
+        for j in range(k - 1):
+            m = cnt[:, j, :]
+            fpc = (N - m) / np.maximum(N - 1, 1)
+            x = m * np.nan_to_num(_div(R, N))
+            x = x + np.sqrt(np.maximum(m * var * fpc, 0.0)) * rng.standard_normal(m.shape)
+            x = np.clip(x, m * lo, m * hi)
+            x = np.clip(x, R - (N - m) * hi, R - (N - m) * lo)
+            conf[:, j, :] = x
+            R -= x
+            N -= m
+        conf[:, k - 1, :] = R
+        cnt = cnt.reshape(P, k, nb, 2)
+        return cnt[..., 1] - conf.reshape(P, k, nb, 2).sum(axis=-1)
 
 
 def _cls_name(prep: _Prepared, ck: int | str) -> str:
@@ -509,6 +708,7 @@ class _AttrResult:
     values: dict  # key -> (G,)
     denoms: dict  # key -> (G,)
     boots: dict  # key -> (B, G)
+    rest_boots: dict | None = None  # key -> (B, G) replicates of each group's complement (one_vs_rest)
 
 
 def _compute(
@@ -525,6 +725,7 @@ def _compute(
     n_boot: int,
     seed: int,
     ece_bins: int,
+    rest: bool = False,
 ) -> tuple[_Prepared, list[_AttrResult]]:
     prep = _prepare(
         predictions, group_cols=group_cols, label_col=label_col, pred_col=pred_col, score_col=score_col,
@@ -542,13 +743,12 @@ def _compute(
         denoms = {k: np.asarray(eng.denom(*k), dtype=np.float64) for k in keys}
         for k in keys:  # a zero denominator is undefined, not sklearn's conventional 0
             values[k] = np.where(denoms[k] > 0, values[k], np.nan)
-            if k[0] != "ece":
-                counted = eng.value(eng.cm, *k)
-                ok = ~np.isnan(values[k]) & ~np.isnan(counted)
-                if not np.allclose(values[k][ok], counted[ok], atol=1e-9):  # pragma: no cover - internal check
-                    raise AssertionError(f"fairlearn and count-based values disagree for {k}")
-        boots = eng.bootstrap(keys, n_boot=n_boot, rng=rng) if n_boot > 0 else {}
-        results.append(_AttrResult(SEP.join(cols), names, eng, keys, values, denoms, boots))
+            counted = (eng.value(k, S=eng.ece_S, n=eng.n_rows) if k[0] == "ece" else eng.value(k, cm=eng.cm))
+            ok = ~np.isnan(values[k]) & ~np.isnan(counted)
+            if not np.allclose(values[k][ok], counted[ok], atol=1e-9):  # pragma: no cover - internal check
+                raise AssertionError(f"fairlearn and count-based values disagree for {k}")
+        boots, rest_boots = (eng.bootstrap(keys, n_boot=n_boot, rng=rng, rest=rest) if n_boot > 0 else ({}, None))
+        results.append(_AttrResult(SEP.join(cols), names, eng, keys, values, denoms, boots, rest_boots))
     return prep, results
 
 
@@ -643,144 +843,366 @@ def disparity_tests(
     alpha: float = 0.05,
     seed: int = 0,
     ece_bins: int = 15,
-    pairwise: bool = False,
+    comparisons: Sequence[Comparison] = ("range",),
     max_perm: int = 100_000,
+    pairwise: bool = False,
 ) -> pd.DataFrame:
-    """Max-min gaps across groups with bootstrap intervals and permutation p-values (table ``disparities``).
+    """Gaps between groups with covering intervals and permutation p-values (table ``disparities``).
 
-    For each (attribute, metric, cls), over the groups that are not small for that metric:
-    difference = max - min and ratio = min / max with percentile intervals from independent
-    within-group bootstraps, and a permutation p-value of the max-min gap (group labels
-    permuted among those groups' rows, done exactly on counts as multivariate hypergeometric
-    draws; p = (1 + #{gap* >= gap}) / (n_perm + 1)). Holm and Benjamini-Hochberg adjustments
-    are over every test in the returned table; ``significant`` is p_holm < alpha. With
-    ``pairwise`` every pair of groups gets its own row (k = 2; max_group / min_group hold the pair).
+    For each (attribute, metric, cls), over the groups that are not small for that metric
+    ("usable"), one or more families of tests (``comparisons``):
 
-    A permutation p-value cannot go below 1 / (n_perm + 1), while Holm over m tests asks for
-    p < alpha / m; so tests whose first ``n_perm`` draws leave fewer than 10 exceedances get more
-    draws, in rounds, until 10 exceedances or ``max_perm`` draws (a sequential Monte Carlo
-    p-value in the spirit of Besag & Clifford 1991; the number of draws is in ``test``).
+    * ``"range"``: the max-min gap over the k usable groups (one row; today's default).
+      p: permutation test of max - min, group labels permuted among those groups' rows.
+    * ``"pairwise"``: every pair of usable groups (k = 2; max_group / min_group hold the pair,
+      the higher value first; difference = max_value - min_value >= 0).
+      p: permutation test of |a - b| among the pair's rows.
+    * ``"one_vs_rest"``: each usable group against every other row of the attribute (the rest
+      includes the rows of small groups). max_group / max_value are the group, min_group is
+      ``"rest of <attribute>"`` and min_value the rest's value, whatever their order;
+      difference = group - rest and may be negative; k = 2, n_excluded = 0.
+      p: two-sided permutation test of |group - rest|, labels permuted over all the attribute's rows.
 
-    Args: as :func:`group_performance`, plus ``n_perm``, ``pairwise`` and ``max_perm``.
+    Intervals (:mod:`audit.stats.intervals`): the range's and the ratio's come from
+    simultaneous (Bonferroni) per-group intervals, never narrower than the Wilson score
+    interval for rates, so that they cover at their level, contain 0 when the groups overlap
+    and always contain the estimate; a difference of two (pairwise: max_group - min_group,
+    one_vs_rest: group - rest) has a MOVER interval, which may extend below 0. ratio is always
+    min / max of the two or k values compared (<= 1).
+
+    p-values: Monte Carlo permutation p with the +1 correction; permuted statistics tied with
+    the observed one count half (mid-p: the expected value of random tie-breaking), because
+    gaps between a few errors tie often and counting ties in full makes the test conservative.
+    Confusion-matrix metrics are permuted exactly on counts (multivariate hypergeometric
+    draws); ECE permutes rows, confidence together with correctness. A permutation p cannot go
+    below 1 / (n_perm + 1), while Holm over m tests asks for p < alpha / m; so tests whose first
+    ``n_perm`` draws leave fewer than 10 exceedances get more draws, in rounds, until 10
+    exceedances or ``max_perm`` draws (a sequential Monte Carlo p-value in the spirit of Besag
+    & Clifford 1991; the number of draws is in ``test``).
+
+    Multiple testing: p_holm and p_bh are computed within each family (the ``correction``
+    column says which and over how many tests); ``significant`` is p_holm < alpha.
+    A row whose test could not run (fewer than two usable groups, a small group or rest,
+    ``n_perm = 0``) has ``test`` "not tested", the reason in ``note``, p NaN, significant False.
+
+    Args: as :func:`group_performance`, plus
+        n_perm: permutations per test (0: intervals only).
+        comparisons: any of "range", "pairwise", "one_vs_rest".
+        max_perm: cap of the sequential refinement.
+        pairwise: deprecated alias: True adds "pairwise" to ``comparisons``.
 
     Returns:
-        DataFrame with columns :data:`DISPARITY_COLUMNS`.
+        DataFrame with columns :data:`DISPARITY_COLUMNS`; rows ordered by attribute, then
+        family (range, pairwise, one_vs_rest), then metric.
     """
+    fams = _families(comparisons, pairwise)
     prep, results = _compute(
         predictions, group_cols=group_cols, label_col=label_col, pred_col=pred_col, score_col=score_col,
         metrics=metrics, intersections=intersections, classes=classes, pos_label=pos_label, n_boot=n_boot,
-        seed=seed, ece_bins=ece_bins,
+        seed=seed, ece_bins=ece_bins, rest="one_vs_rest" in fams,
     )
     rng = as_rng(np.random.SeedSequence([seed, 1]))
+    ctx = _FamilyArgs(prep, min_group_size, n_perm, max_perm, alpha, rng)
     rows: list[dict] = []
-    test_name = f"permutation max-min gap, {n_perm} perms"
     for r in results:
-        # group keys by their set of usable groups, so one permutation draw serves them all
-        by_set: dict[tuple[int, ...], list] = {}
+        usable = {key: np.flatnonzero((r.denoms[key] >= min_group_size) & ~np.isnan(r.values[key])) for key in r.keys}
+        by_set: dict[tuple[int, ...], list] = {}  # keys with the same usable groups share permutation draws
         for key in r.keys:
-            d = r.denoms[key]
-            ok = tuple(int(g) for g in np.flatnonzero((d >= min_group_size) & ~np.isnan(r.values[key])))
-            by_set.setdefault(ok, []).append(key)
-        for ok, keys in by_set.items():
-            idx = np.array(ok, dtype=np.int64)
-            perm = r.engine.permute(keys, idx, n_perm=n_perm, rng=rng) if len(idx) >= 2 and n_perm > 0 else None
-            extra = (_refine_pvalues(r, keys, idx, perm, n_perm=n_perm, max_perm=max_perm, rng=rng)
-                     if perm is not None and max_perm > n_perm else {})
+            by_set.setdefault(tuple(int(g) for g in usable[key]), []).append(key)
+        for fam, fn in (("range", _range_family), ("pairwise", _pairwise_family), ("one_vs_rest", _ovr_family)):
+            if fam in fams:
+                per_key = fn(ctx, r, by_set, usable)
+                for key in r.keys:
+                    rows.extend(per_key.get(key, []))
+    return _finish(rows, alpha)
+
+
+def _families(comparisons: Sequence[str], pairwise: bool) -> list[str]:
+    comps = [comparisons] if isinstance(comparisons, str) else list(comparisons)
+    if pairwise:
+        comps.append("pairwise")
+    bad = [c for c in comps if c not in COMPARISONS]
+    if bad or not comps:
+        raise UsageError(f"comparisons must name one or more of {list(COMPARISONS)}; got {list(comparisons)!r}")
+    return list(dict.fromkeys(comps))
+
+
+@dataclass
+class _FamilyArgs:
+    prep: _Prepared
+    min_size: int
+    n_perm: int
+    max_perm: int
+    alpha: float
+    rng: np.random.Generator
+
+
+def _base(ctx: _FamilyArgs, r: _AttrResult, key, family: str) -> dict:
+    return {"attribute": r.attribute, "metric": key[0], "cls": _cls_name(ctx.prep, key[1]), "family": family}
+
+
+def _not_tested(base: dict, *, k: int, n_excluded: int, why: str, **extra) -> dict:
+    return {**base, "k": k, "n_excluded": n_excluded, **extra, "p_value": np.nan, "test": "not tested", "note": why}
+
+
+def _nangap(v: np.ndarray) -> np.ndarray:
+    """max - min over axis 1 ignoring NaN; NaN where fewer than two values are defined."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        g = np.nanmax(v, axis=1) - np.nanmin(v, axis=1)
+    return np.where((~np.isnan(v)).sum(axis=1) >= 2, g, np.nan)
+
+
+def _parts(r: _AttrResult, key, idx) -> tuple[np.ndarray, np.ndarray] | None:
+    sp = r.engine.score_parts(key)
+    return None if sp is None else (sp[0][idx], sp[1][idx])
+
+
+def _with_test(row: dict, name: str, res: tuple[float, int] | None, n_perm: int) -> dict:
+    """Fill p_value / test (and the reason in note when the test did not run)."""
+    if res is None or np.isnan(res[0]):
+        why = ("n_perm=0: no permutation test was requested" if n_perm <= 0
+               else "no permutation gave a defined statistic")
+        note = f"{why}; {row['note']}" if row.get("note") else why
+        return {**row, "p_value": np.nan, "test": "not tested", "note": note}
+    p, used = res
+    text = f"{name}, {used} perms"
+    if used > n_perm:
+        text += " (sequential: extended while p was small)"
+    return {**row, "p_value": p, "test": text + "; ties broken at random"}
+
+
+def _range_family(ctx: _FamilyArgs, r: _AttrResult, by_set: dict, usable: dict) -> dict:
+    out: dict = {}
+    G = len(r.names)
+    for ok, keys in by_set.items():
+        idx = np.array(ok, dtype=np.int64)
+        k = len(idx)
+        if k < 2:
             for key in keys:
-                base = {"attribute": r.attribute, "metric": key[0], "cls": _cls_name(prep, key[1]),
-                        "n_excluded": len(r.names) - len(idx)}
-                vals = r.values[key][idx]
-                boots = r.boots[key][:, idx] if r.boots else None
-                if len(idx) < 2:
-                    rows.append({**base, "k": len(idx), "test": test_name,
-                                 "note": f"fewer than 2 groups with n >= min_group_size={min_group_size}"})
-                    continue
-                row = _gap_row(vals, boots, None if perm is None else perm[key], [r.names[i] for i in idx], alpha)
-                name = test_name
-                if key in extra:
-                    row["p_value"], used = extra[key]
-                    name = f"permutation max-min gap, {used} perms (sequential: extended while p was small)"
-                rows.append({**base, **row, "test": name,
-                             "note": _excl_note(len(r.names) - len(idx), min_group_size)})
-                if pairwise:
-                    for a, b in itertools.combinations(range(len(idx)), 2):
-                        sub = np.array([idx[a], idx[b]])
-                        pp = r.engine.permute([key], sub, n_perm=n_perm, rng=rng)[key] if n_perm > 0 else None
-                        rows.append({**base, "n_excluded": len(r.names) - 2,
-                                     **_gap_row(vals[[a, b]], None if boots is None else boots[:, [a, b]], pp,
-                                                [r.names[idx[a]], r.names[idx[b]]], alpha),
-                                     "test": f"pairwise permutation gap, {n_perm} perms", "note": "pairwise"})
-    out = pd.DataFrame(rows, columns=DISPARITY_COLUMNS)
-    p = out["p_value"].to_numpy(np.float64)
-    out["p_holm"] = holm(p)
-    out["p_bh"] = bh(p)
-    out["significant"] = (out["p_holm"] < alpha).fillna(False).astype(bool)
-    out["k"] = out["k"].astype("int64")
-    out["n_excluded"] = out["n_excluded"].astype("int64")
-    for c in ("max_group", "min_group", "test", "note"):
-        col = out[c].astype(object)
-        out[c] = col.where(col.notna(), "").astype(str)
+                out[key] = [_not_tested(_base(ctx, r, key, "range"), k=k, n_excluded=G - k,
+                                        why=f"fewer than 2 groups with n >= min_group_size={ctx.min_size}")]
+            continue
+        obs = {key: float(_nangap(r.values[key][idx][None, :])[0]) for key in keys}
+
+        def draw(m: int, todo: list, rng: np.random.Generator, idx: np.ndarray = idx) -> dict:
+            vals, _ = r.engine.permute(todo, idx, n_perm=m, rng=rng)
+            return {key: _nangap(vals[key]) for key in todo}
+
+        pv = _perm_pvalues(draw, obs, n_perm=ctx.n_perm, max_perm=ctx.max_perm, rng=ctx.rng)
+        names = [r.names[i] for i in idx]
+        for key in keys:
+            boots = r.boots[key][:, idx] if r.boots else None
+            row = {**_base(ctx, r, key, "range"), "n_excluded": G - k,
+                   **_range_row(r.values[key][idx], boots, _parts(r, key, idx), names, ctx.alpha),
+                   "note": _excl_note(G - k, ctx.min_size)}
+            out[key] = [_with_test(row, "permutation max-min gap", pv.get(key), ctx.n_perm)]
     return out
 
 
-def _refine_pvalues(r, keys, idx: np.ndarray, perm: dict, *, n_perm: int, max_perm: int,
-                    rng: np.random.Generator, target_exceed: int = 10) -> dict:
-    """More permutation draws for keys with fewer than ``target_exceed`` exceedances.
-
-    Returns ``{key: (p, draws)}`` for the keys that were extended (others keep their p).
-    """
-    def gap(v: np.ndarray) -> np.ndarray:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmax(v, axis=1) - np.nanmin(v, axis=1)
-
-    obs: dict = {}
-    exceed: dict = {}
-    for key in keys:
-        vals = r.values[key][idx]
-        if np.isnan(vals).all():
+def _pairwise_family(ctx: _FamilyArgs, r: _AttrResult, by_set: dict, usable: dict) -> dict:
+    out: dict = {}
+    G = len(r.names)
+    for ok, keys in by_set.items():
+        if len(ok) < 2:
+            for key in keys:
+                out[key] = [_not_tested(_base(ctx, r, key, "pairwise"), k=len(ok), n_excluded=G - len(ok),
+                                        why=f"fewer than 2 groups with n >= min_group_size={ctx.min_size}")]
             continue
-        obs[key] = float(np.nanmax(vals) - np.nanmin(vals))
-        exceed[key] = int(np.sum(gap(perm[key]) >= obs[key] - 1e-12))
-    todo = [k for k in obs if exceed[k] < target_exceed]
-    draws = dict.fromkeys(todo, n_perm)
+        for a, b in itertools.combinations(ok, 2):
+            sub = np.array([a, b], dtype=np.int64)
+            obs = {key: abs(float(r.values[key][a] - r.values[key][b])) for key in keys}
+
+            def draw(m: int, todo: list, rng: np.random.Generator, sub: np.ndarray = sub) -> dict:
+                vals, _ = r.engine.permute(todo, sub, n_perm=m, rng=rng)
+                return {key: np.abs(vals[key][:, 0] - vals[key][:, 1]) for key in todo}
+
+            pv = _perm_pvalues(draw, obs, n_perm=ctx.n_perm, max_perm=ctx.max_perm, rng=ctx.rng)
+            for key in keys:
+                boots = r.boots[key][:, sub] if r.boots else None
+                row = {**_base(ctx, r, key, "pairwise"), "n_excluded": G - 2,
+                       **_pair_row(r.values[key][sub], boots, _parts(r, key, sub), [r.names[a], r.names[b]],
+                                   ctx.alpha), "note": ""}
+                out.setdefault(key, []).append(_with_test(row, "permutation pair gap |a - b|", pv.get(key),
+                                                          ctx.n_perm))
+    return out
+
+
+def _ovr_family(ctx: _FamilyArgs, r: _AttrResult, by_set: dict, usable: dict) -> dict:
+    out: dict = {}
+    G = len(r.names)
+    rest_name = f"rest of {r.attribute}"
+    info = {key: r.engine.rest(key) for key in r.keys}  # key -> (value, denom, score parts), each per group
+    tested: dict = {}
+    for key in r.keys:
+        rv, rd, _ = info[key]
+        for g in usable[key]:
+            if rd[g] >= ctx.min_size and not np.isnan(rv[g]):
+                tested[(key, int(g))] = abs(float(r.values[key][g] - rv[g]))
+    everyone = np.arange(G)
+
+    def draw(m: int, todo: list, rng: np.random.Generator) -> dict:
+        ks = list(dict.fromkeys(t[0] for t in todo))
+        vals, rvals = r.engine.permute(ks, everyone, n_perm=m, rng=rng, rest=True)
+        return {(key, g): np.abs(vals[key][:, g] - rvals[key][:, g]) for key, g in todo}
+
+    pv = _perm_pvalues(draw, tested, n_perm=ctx.n_perm, max_perm=ctx.max_perm, rng=ctx.rng)
+    for key in r.keys:
+        rv, rd, rparts = info[key]
+        gparts = r.engine.score_parts(key)
+        ok = {int(g) for g in usable[key]}
+        for g, name in enumerate(r.names):
+            base = {**_base(ctx, r, key, "one_vs_rest"), "max_group": name, "min_group": rest_name}
+            if g not in ok:
+                n = r.denoms[key][g]
+                n_int = int(n) if np.isfinite(n) else 0
+                out.setdefault(key, []).append(_not_tested(
+                    base, k=2, n_excluded=0,
+                    why=f"{name}: n={n_int} {_DENOM_NAME[key[0]]} < min_group_size={ctx.min_size}"))
+                continue
+            if (key, g) not in tested:
+                n_int = int(rd[g]) if np.isfinite(rd[g]) else 0
+                out.setdefault(key, []).append(_not_tested(
+                    base, k=2, n_excluded=0,
+                    why=f"{rest_name}: n={n_int} {_DENOM_NAME[key[0]]} < min_group_size={ctx.min_size}"))
+                continue
+            boots = None
+            if r.boots and r.rest_boots is not None:
+                boots = np.stack([r.boots[key][:, g], r.rest_boots[key][:, g]], axis=1)
+            parts = None
+            if gparts is not None:
+                parts = (np.stack([gparts[0][g], rparts[0][g]]), np.stack([gparts[1][g], rparts[1][g]]))
+            row = {**base, **_ovr_row(float(r.values[key][g]), float(rv[g]), boots, parts, ctx.alpha),
+                   "n_excluded": 0,
+                   "note": f"rest = the other {G - 1} group(s) of {r.attribute}, "
+                           f"{int(r.engine.n_rows.sum() - r.engine.n_rows[g])} rows"}
+            out.setdefault(key, []).append(_with_test(row, "permutation group - rest, two-sided", pv.get((key, g)),
+                                                      ctx.n_perm))
+    return out
+
+
+def _perm_pvalues(draw, observed: dict, *, n_perm: int, max_perm: int, rng: np.random.Generator) -> dict:
+    """Permutation p-values, ties broken at random, for several tests sharing one draw function.
+
+    ``draw(m, test_ids, rng)`` returns ``{test_id: (m,) permuted statistics}`` (statistics are
+    >= 0, larger = more extreme). Returns ``{test_id: (p, draws)}``; p is NaN where no permuted
+    statistic was defined. See :func:`audit.stats.resampling.tie_broken_pvalue`.
+    """
+    ids = [t for t, o in observed.items() if not np.isnan(o)]
+    if not ids or n_perm <= 0:
+        return {}
+    tally = {t: [0, 0, 0, 0] for t in ids}  # greater, tied, valid, draws
+
+    def add(m: int, todo: list) -> None:
+        null = draw(m, todo, rng)
+        for t in todo:
+            gt, tie, valid = permutation_counts(observed[t], null[t])
+            tally[t][0] += int(gt)
+            tally[t][1] += int(tie)
+            tally[t][2] += int(valid)
+            tally[t][3] += m
+
+    add(n_perm, ids)
+    _refine_pvalues(add, tally, ids, n_perm=n_perm, max_perm=max_perm)
+    out = {}
+    for t in ids:
+        gt, tie, valid, used = tally[t]
+        p = tie_broken_pvalue(gt, tie, valid, seed=rng, zero=abs(observed[t]) <= 1e-12)
+        out[t] = (float(p), used)
+    return out
+
+
+def _refine_pvalues(add, tally: dict, ids: list, *, n_perm: int, max_perm: int, target_exceed: int = 10) -> None:
+    """More permutation draws, in rounds, for tests with fewer than ``target_exceed`` exceedances
+    (ties count half here)."""
+    def few(t) -> bool:
+        return tally[t][0] + 0.5 * tally[t][1] < target_exceed
+
+    todo = [t for t in ids if few(t)]
     while todo:
-        m = min(max(n_perm, 10_000), max_perm - draws[todo[0]])
+        m = min(max(n_perm, 10_000), max_perm - tally[todo[0]][3])
         if m <= 0:
             break
-        more = r.engine.permute(todo, idx, n_perm=m, rng=rng)
-        for key in todo:
-            exceed[key] += int(np.sum(gap(more[key]) >= obs[key] - 1e-12))
-            draws[key] += m
-        todo = [k for k in todo if exceed[k] < target_exceed]
-    return {k: ((1 + exceed[k]) / (1 + d), d) for k, d in draws.items() if d > n_perm}
+        add(m, todo)
+        todo = [t for t in todo if few(t)]
 
 
 def _excl_note(n_excl: int, min_size: int) -> str:
     return f"{n_excl} group(s) excluded: n < min_group_size={min_size}" if n_excl else ""
 
 
-def _gap_row(vals: np.ndarray, boots: np.ndarray | None, perm: np.ndarray | None, names: list[str],
-             alpha: float) -> dict:
-    imax, imin = int(np.nanargmax(vals)), int(np.nanargmin(vals))
+def _ratio(vmin: float, vmax: float) -> float:
+    return vmin / vmax if vmax > 0 else float("nan")
+
+
+def _intervals(kind: str, vals: np.ndarray, boots: np.ndarray | None, parts, alpha: float) -> tuple[float, float]:
+    if boots is None:
+        return float("nan"), float("nan")
+    fn = {"range": range_interval, "ratio": ratio_interval, "diff": difference_interval}[kind]
+    return fn(vals, boots, alpha=alpha, score_parts=parts)
+
+
+def _range_row(vals: np.ndarray, boots: np.ndarray | None, parts, names: list[str], alpha: float) -> dict:
+    imax, imin = int(np.argmax(vals)), int(np.argmin(vals))
     vmax, vmin = float(vals[imax]), float(vals[imin])
-    diff = vmax - vmin
-    ratio = vmin / vmax if vmax != 0 else np.nan
-    row = {"k": len(vals), "max_group": names[imax], "min_group": names[imin], "max_value": vmax,
-           "min_value": vmin, "difference": diff, "ratio": ratio, "diff_ci_low": np.nan, "diff_ci_high": np.nan,
-           "ratio_ci_low": np.nan, "ratio_ci_high": np.nan, "p_value": np.nan}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        if boots is not None:
-            bmax, bmin = np.nanmax(boots, axis=1), np.nanmin(boots, axis=1)
-            lo, hi = percentile_ci(bmax - bmin, alpha=alpha)
-            row["diff_ci_low"], row["diff_ci_high"] = float(lo), float(hi)
-            lo, hi = percentile_ci(_div(bmin, bmax), alpha=alpha)
-            row["ratio_ci_low"], row["ratio_ci_high"] = float(lo), float(hi)
-        if perm is not None:
-            gaps = np.nanmax(perm, axis=1) - np.nanmin(perm, axis=1)
-            row["p_value"] = float(permutation_pvalue(diff, gaps))
-    return row
+    ratio = _ratio(vmin, vmax)
+    dlo, dhi = _intervals("range", vals, boots, parts, alpha)
+    rlo, rhi = _intervals("ratio", vals, boots, parts, alpha) if not np.isnan(ratio) else (np.nan, np.nan)
+    return {"k": len(vals), "max_group": names[imax], "min_group": names[imin], "max_value": vmax,
+            "min_value": vmin, "difference": vmax - vmin, "diff_ci_low": dlo, "diff_ci_high": dhi,
+            "ratio": ratio, "ratio_ci_low": rlo, "ratio_ci_high": rhi}
+
+
+def _pair_row(vals: np.ndarray, boots: np.ndarray | None, parts, names: list[str], alpha: float) -> dict:
+    o = [0, 1] if vals[0] >= vals[1] else [1, 0]  # higher value first
+    v = vals[o]
+    b = None if boots is None else boots[:, o]
+    p = None if parts is None else (parts[0][o], parts[1][o])
+    ratio = _ratio(float(v[1]), float(v[0]))
+    dlo, dhi = _intervals("diff", v, b, p, alpha)
+    rlo, rhi = _intervals("ratio", v, b, p, alpha) if not np.isnan(ratio) else (np.nan, np.nan)
+    return {"k": 2, "max_group": names[o[0]], "min_group": names[o[1]], "max_value": float(v[0]),
+            "min_value": float(v[1]), "difference": float(v[0] - v[1]), "diff_ci_low": dlo, "diff_ci_high": dhi,
+            "ratio": ratio, "ratio_ci_low": rlo, "ratio_ci_high": rhi}
+
+
+def _ovr_row(v_g: float, v_rest: float, boots: np.ndarray | None, parts, alpha: float) -> dict:
+    v = np.array([v_g, v_rest])
+    ratio = _ratio(min(v_g, v_rest), max(v_g, v_rest))
+    dlo, dhi = _intervals("diff", v, boots, parts, alpha)
+    rlo, rhi = _intervals("ratio", v, boots, parts, alpha) if not np.isnan(ratio) else (np.nan, np.nan)
+    return {"k": 2, "max_value": v_g, "min_value": v_rest, "difference": v_g - v_rest, "diff_ci_low": dlo,
+            "diff_ci_high": dhi, "ratio": ratio, "ratio_ci_low": rlo, "ratio_ci_high": rhi}
+
+
+def _finish(rows: list[dict], alpha: float) -> pd.DataFrame:
+    num = ("max_value", "min_value", "difference", "diff_ci_low", "diff_ci_high", "ratio", "ratio_ci_low",
+           "ratio_ci_high", "p_value")
+    cols: dict[str, np.ndarray] = {c: np.array([r.get(c, np.nan) for r in rows], dtype=np.float64) for c in num}
+    for c in ("attribute", "metric", "cls", "max_group", "min_group", "family", "test", "note"):
+        cols[c] = np.array([str(r.get(c) or "") for r in rows], dtype=object)
+    for c in ("k", "n_excluded"):
+        cols[c] = np.array([r[c] for r in rows], dtype=np.int64)
+    p = cols["p_value"]
+    cols["p_holm"] = np.full(len(rows), np.nan)
+    cols["p_bh"] = np.full(len(rows), np.nan)
+    correction = np.full(len(rows), "none (not tested)", dtype=object)
+    for fam in COMPARISONS:
+        sel = cols["family"] == fam
+        if not sel.any():
+            continue
+        cols["p_holm"][sel] = holm(p[sel])
+        cols["p_bh"][sel] = bh(p[sel])
+        m = int((~np.isnan(p[sel])).sum())
+        correction[sel & ~np.isnan(p)] = (f"holm within family {fam} (m={m}); "
+                                          "p_bh: Benjamini-Hochberg within the same family")
+    cols["correction"] = correction
+    with np.errstate(invalid="ignore"):
+        cols["significant"] = np.nan_to_num(cols["p_holm"], nan=1.0) < alpha
+    out = pd.DataFrame({c: cols[c] for c in DISPARITY_COLUMNS})
+    for c in ("attribute", "metric", "cls", "max_group", "min_group", "family", "correction", "test", "note"):
+        out[c] = out[c].astype(str)
+    return out
 
 
 def fairness_summary(

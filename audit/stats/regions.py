@@ -4,6 +4,11 @@ For image i with a non-negative map M_i and object mask R_i, mass_i = sum(M_i * 
 Maps on the patch grid and masks at pixel resolution are reconciled by average-pooling the
 mask onto the grid (the fraction of each patch inside the object), when the mask size is a
 multiple of the grid. Maps stay raw: no per-image normalisation (it cancels in the ratio anyway).
+
+By group (:func:`region_mass_by_group`): mean share per group with a bootstrap interval; groups
+below ``min_group_size`` are flagged ``small`` and left out of the max-min gap, whose interval
+is :func:`audit.stats.intervals.range_interval` (it covers the true gap, unlike a percentile
+bootstrap of the gap) and whose p-value is a permutation test, ties broken at random.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ import numpy as np
 import pandas as pd
 
 from audit.errors import UsageError
+from audit.stats.intervals import range_interval
 from audit.stats.resampling import as_rng, index_bootstrap_weights, percentile_ci, permutation_pvalue
 
 __all__ = ["REGION_MASS_COLUMNS", "mass_in_region", "paired_mass_test", "region_mass_by_group"]
 
-REGION_MASS_COLUMNS = ["method", "attribute", "group", "n", "value", "ci_low", "ci_high", "p_value", "small"]
+REGION_MASS_COLUMNS = ["method", "attribute", "group", "n", "value", "ci_low", "ci_high", "p_value", "small",
+                       "difference", "diff_ci_low", "diff_ci_high"]
 
 
 def mass_in_region(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -72,14 +79,22 @@ def region_mass_by_group(
     """Mean share of map mass inside the object region per group (table ``region_mass``).
 
     Interval: percentile bootstrap of the group mean (images resampled within the group).
-    p_value: permutation test of the max-min gap of group means across the non-small groups
-    (group labels permuted among their images), +1 corrected; the same value on every row of
-    an attribute, NaN for small groups and when fewer than two groups are large enough.
-    Images whose map has no mass are left out (they have no share).
+    Groups with fewer than ``min_group_size`` images (as given) are flagged ``small`` and left
+    out of the gap: difference = max - min of the group means over the non-small groups, with
+    the covering interval of :func:`audit.stats.intervals.range_interval` (simultaneous
+    per-group intervals from the same bootstrap; it contains 0 when the groups overlap and
+    always contains the estimate). p_value: permutation test of that max-min gap (group labels
+    permuted among the non-small groups' images), +1 corrected, ties broken at random.
+    difference, its interval and p_value are the same on every row of an attribute (this
+    table has one row per group; the gap is per attribute), NaN for small groups and when
+    fewer than two groups are large enough. Images whose map has no mass are left out (they
+    have no share).
 
     Args:
         maps: (N, h, w) non-negative maps; masks: (N, H, W) bool; groups: N rows.
         group_cols: attributes; method: the explanation method's name (written to the table).
+        n_boot, n_perm, alpha, seed: resampling settings (0 skips intervals / the test).
+        min_group_size: groups with fewer images are small (not compared).
 
     Returns:
         DataFrame with columns :data:`REGION_MASS_COLUMNS`.
@@ -100,19 +115,25 @@ def region_mass_by_group(
         mean = _group_means(vals, codes, G)
         lo = np.full(G, np.nan)
         hi = np.full(G, np.nan)
+        boots = np.full((max(n_boot, 0), G), np.nan)
         for g in range(G):
             v = vals[codes == g]
             if len(v) >= 2 and n_boot > 0:
                 w = index_bootstrap_weights(len(v), n_boot=n_boot, seed=rng)  # (B, n_g)
-                lo[g], hi[g] = percentile_ci((w @ v) / len(v), alpha=alpha)
+                boots[:, g] = (w @ v) / len(v)
+                lo[g], hi[g] = percentile_ci(boots[:, g], alpha=alpha)
         small = n < min_group_size
         big = np.flatnonzero(~small)
         p = np.nan
+        gap = dlo = dhi = np.nan
+        if len(big) >= 2:
+            gap = float(mean[big].max() - mean[big].min())
+            if n_boot > 0:
+                dlo, dhi = range_interval(mean[big], boots[:, big], alpha=alpha)
         if len(big) >= 2 and n_perm > 0:
             sel = np.isin(codes, big)
             v, c = vals[sel], np.searchsorted(big, codes[sel])
             k = len(big)
-            gap = float(mean[big].max() - mean[big].min())
             null = np.empty(n_perm)
             chunk = max(1, min(n_perm, 10_000_000 // len(v)))
             for s in range(0, n_perm, chunk):
@@ -122,11 +143,11 @@ def region_mass_by_group(
                 means = (np.bincount(flat, weights=np.tile(v, m), minlength=m * k)
                          / np.bincount(flat, minlength=m * k)).reshape(m, k)
                 null[s:s + m] = means.max(axis=1) - means.min(axis=1)
-            p = float(permutation_pvalue(gap, null))
+            p = float(permutation_pvalue(gap, null, ties="random", seed=rng))
         for g, name in enumerate(names):
             rows.append((method, col, str(name), int(n[g]), float(mean[g]), float(lo[g]), float(hi[g]),
-                         np.nan if small[g] else p, bool(small[g])))
-    return pd.DataFrame(rows, columns=REGION_MASS_COLUMNS)
+                         np.nan if small[g] else p, bool(small[g]), *((np.nan,) * 3 if small[g] else (gap, dlo, dhi))))
+    return pd.DataFrame(rows, columns=REGION_MASS_COLUMNS).astype({"small": "bool"})
 
 
 def paired_mass_test(values_a: np.ndarray, values_b: np.ndarray) -> dict:

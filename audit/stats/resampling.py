@@ -25,7 +25,9 @@ __all__ = [
     "index_bootstrap_weights",
     "multinomial_bootstrap",
     "percentile_ci",
+    "permutation_counts",
     "permutation_pvalue",
+    "tie_broken_pvalue",
     "wilson_interval",
 ]
 
@@ -96,6 +98,12 @@ def hypergeometric_permutation(
     c = np.asarray(counts, dtype=np.int64)
     G, C = c.shape
     P = int(n_perm)
+    used = c.sum(axis=0) > 0
+    if not used.all():  # cells empty in every group stay empty: draw only the others
+        out = np.zeros((P, G, C), dtype=np.int64)
+        if used.any():
+            out[:, :, used] = hypergeometric_permutation(c[:, used], n_perm=P, seed=rng)
+        return out
     pool = np.broadcast_to(c.sum(axis=0), (P, C)).copy()  # (P, C) remaining per colour
     sizes = c.sum(axis=1)
     out = np.zeros((P, G, C), dtype=np.int64)
@@ -153,25 +161,86 @@ def permutation_pvalue(
     *,
     alternative: Literal["greater", "less", "two-sided"] = "greater",
     axis: int = 0,
+    ties: Literal["count", "mid", "random"] = "count",
+    seed: int | np.random.Generator | None = 0,
 ) -> np.ndarray:
     """Monte Carlo p-value with the +1 correction: (1 + #{null >= obs}) / (B + 1).
 
     The observed data are one of the equally likely arrangements, so counting them
     keeps the test valid (never p = 0). NaN replicates are dropped from B.
+
+    Null values tied with the observed one (within float round-off):
+
+    * ``"count"`` (default) counts them in full: valid, but a discrete statistic (a gap between
+      a few errors) makes the test conservative.
+    * ``"random"`` breaks the ties at random (:func:`tie_broken_pvalue`, ``seed``): the
+      observed value's rank among the B + 1 is then uniform under the null, so
+      P(p <= alpha) = floor(alpha (B + 1)) / (B + 1) exactly, however many ties there are.
+    * ``"mid"`` counts them half (the expected value of ``"random"``); deterministic, but
+      conservative when a large share of the null sits on the observed value.
+    """
+    obs = np.expand_dims(np.asarray(observed, dtype=np.float64), axis)
+    greater, tied, b = permutation_counts(observed, null, alternative=alternative, axis=axis)
+    if ties == "random":
+        zero = np.abs(np.squeeze(obs, axis)) <= 1e-12 if alternative != "less" else np.zeros(greater.shape, bool)
+        p = tie_broken_pvalue(greater, tied, b, seed=seed, zero=zero)
+    else:
+        hits = greater + (0.5 * tied if ties == "mid" else tied)
+        p = (1.0 + hits) / (b + 1.0)
+    return np.where(np.isnan(np.squeeze(obs, axis)), np.nan, p)
+
+
+def tie_broken_pvalue(
+    greater: np.ndarray | int,
+    tied: np.ndarray | int,
+    valid: np.ndarray | int,
+    *,
+    seed: int | np.random.Generator | None = 0,
+    zero: np.ndarray | bool = False,
+) -> np.ndarray:
+    """Permutation p-value with ties broken at random: (1 + greater + J) / (valid + 1).
+
+    J is uniform on {0, ..., tied}: the observed value's position among the ``tied`` null
+    values equal to it, so its rank among all valid + 1 values is uniform under the null
+    and the test has its level exactly. Where ``zero`` (the observed statistic is 0, its
+    smallest possible value: no gap at all) ties count in full instead, so that a gap of
+    exactly 0 is never declared significant by the draw of J. NaN where ``valid`` is 0.
+    """
+    rng = as_rng(seed)
+    g = np.asarray(greater, dtype=np.float64)
+    t = np.asarray(tied, dtype=np.int64)
+    v = np.asarray(valid, dtype=np.float64)
+    J = np.floor(rng.random(t.shape) * (t + 1)).astype(np.float64)
+    J = np.where(np.asarray(zero, dtype=bool), t, J)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(v > 0, (1.0 + g + J) / (v + 1.0), np.nan)
+
+
+def permutation_counts(
+    observed: np.ndarray | float,
+    null: np.ndarray,
+    *,
+    alternative: Literal["greater", "less", "two-sided"] = "greater",
+    axis: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Counts behind a Monte Carlo p-value: (#{more extreme}, #{tied}, #{valid}) along ``axis``.
+
+    "Tied" means equal to the observed value up to 1e-12 relative round-off; NaN null values
+    are not valid. For sequential p-values the counts of several batches add up.
     """
     null = np.asarray(null, dtype=np.float64)
     obs = np.expand_dims(np.asarray(observed, dtype=np.float64), axis)
     valid = ~np.isnan(null)
     tol = 1e-12 * np.maximum(1.0, np.abs(obs))  # float round-off must not break ties
     if alternative == "greater":
-        hits = (null >= obs - tol) & valid
+        t, o = null, obs
     elif alternative == "less":
-        hits = (null <= obs + tol) & valid
+        t, o = -null, -obs
     else:
-        hits = (np.abs(null) >= np.abs(obs) - tol) & valid
-    b = valid.sum(axis=axis)
-    p = (1.0 + hits.sum(axis=axis)) / (b + 1.0)
-    return np.where(np.isnan(np.squeeze(obs, axis)), np.nan, p)
+        t, o = np.abs(null), np.abs(obs)
+    tied = (np.abs(t - o) <= tol) & valid
+    greater = (t > o + tol) & valid
+    return greater.sum(axis=axis), tied.sum(axis=axis), valid.sum(axis=axis)
 
 
 def wilson_interval(k: np.ndarray | int, n: np.ndarray | int, *, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:

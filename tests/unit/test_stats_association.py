@@ -117,3 +117,25 @@ def test_zeroshot_shares_and_harmful_rates_by_hand():
     assert d.difference == pytest.approx((top[a] == 2).mean() - (top[~a] == 2).mean())
     with pytest.raises(UsageError, match="no label of kind"):
         harmful_label_rates(img, text, labels.assign(kind="group"), groups, group_cols=["g"], label_set="x")
+
+
+def test_harmful_intervals_cover_rare_labels_and_the_gap_contains_its_estimate():
+    img, text, labels, groups, top = _zeroshot_world(seed=3, n=800)
+    never = (groups.g.to_numpy() == "b") & (top == 2)
+    img, groups, top = img[~never], groups[~never].reset_index(drop=True), top[~never]  # group b: no harmful label
+    rates, disp = harmful_label_rates(img, text, labels, groups, group_cols=["g"], label_set="toy", n_boot=300,
+                                      n_perm=300)
+    rb = rates.set_index("group").loc["b"]
+    assert rb.rate == 0.0 and rb.ci_low == 0.0
+    from audit.stats.resampling import wilson_interval
+
+    assert rb.ci_high >= float(wilson_interval(0, rb.n)[1]) - 1e-12 > 0  # a percentile bootstrap gives [0, 0]
+    d = disp.iloc[0]
+    assert d.diff_ci_low <= d.difference <= d.diff_ci_high and d.difference > 0.1
+    assert d.diff_ci_low > 0 and d.significant
+    # a tiny group is flagged and left out of the gap
+    tiny = pd.DataFrame({"g": np.where(np.arange(len(groups)) < 20, "tiny", groups.g)})
+    rates2, disp2 = harmful_label_rates(img, text, labels, tiny, group_cols=["g"], label_set="toy", n_boot=100,
+                                        n_perm=100)
+    assert rates2.set_index("group").loc["tiny"].small and disp2.iloc[0].k == 2
+    assert "tiny" not in (disp2.iloc[0].max_group, disp2.iloc[0].min_group)

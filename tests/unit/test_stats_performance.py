@@ -130,8 +130,10 @@ def test_disparity_finds_planted_gap_and_adjusts():
     p_ok = np.where(g == "z", 0.65, 0.85)
     pred = np.where(rng.random(n) < p_ok, lab, np.where(lab == "1", "0", "1"))
     df = pd.DataFrame({"label": lab, "pred": pred, "g": g, "score": rng.uniform(0.5, 1, n)})
-    dt = disparity_tests(df, group_cols=["g"], pos_label="1", n_boot=200, n_perm=2000, pairwise=True)
-    acc = dt[(dt.metric == "accuracy") & (dt.note != "pairwise")].iloc[0]
+    dt = disparity_tests(df, group_cols=["g"], pos_label="1", n_boot=200, n_perm=2000,
+                         comparisons=("range", "pairwise"))
+    assert list(dt.columns) == DISPARITY_COLUMNS and set(dt.family) == {"range", "pairwise"}
+    acc = dt[(dt.metric == "accuracy") & (dt.family == "range")].iloc[0]
     fixed = disparity_tests(df, group_cols=["g"], pos_label="1", n_boot=200, n_perm=2000, max_perm=2000)
     assert fixed[fixed.metric == "accuracy"].iloc[0].p_value == pytest.approx(1 / 2001)
     # no permutation reaches the gap: the first 2000 draws leave p at its floor 1/2001, so the
@@ -139,10 +141,14 @@ def test_disparity_finds_planted_gap_and_adjusts():
     assert acc.min_group == "z" and acc.significant
     assert acc.p_value == pytest.approx(1 / 100_001) and "100000 perms" in acc.test
     assert acc.diff_ci_low > 0.1 and acc.difference == pytest.approx(acc.max_value - acc.min_value)
+    assert acc.diff_ci_low <= acc.difference <= acc.diff_ci_high
     assert acc.ratio == pytest.approx(acc.min_value / acc.max_value)
-    pw = dt[(dt.metric == "accuracy") & (dt.note == "pairwise")]
-    assert len(pw) == 3
+    assert acc.ratio_ci_low <= acc.ratio <= acc.ratio_ci_high < 0.9
+    pw = dt[(dt.metric == "accuracy") & (dt.family == "pairwise")]
+    assert len(pw) == 3 and (pw.k == 2).all() and (pw.difference >= 0).all()
+    assert ((pw.diff_ci_low <= pw.difference) & (pw.difference <= pw.diff_ci_high)).all()
     xy = pw[(pw[["max_group", "min_group"]].apply(set, axis=1) == {"x", "y"})].iloc[0]
+    assert xy.max_group == "x" and xy.max_value > xy.min_value  # the higher value first
     # the pairwise permutation p agrees with a two-proportion z-test on the same pair
     from scipy.stats import norm
 
@@ -152,8 +158,15 @@ def test_disparity_finds_planted_gap_and_adjusts():
     se = np.sqrt(pooled * (1 - pooled) * (1 / len(acc_x) + 1 / len(acc_y)))
     p_z = 2 * norm.sf(abs(acc_x.mean() - acc_y.mean()) / se)
     assert p_z / 3 < xy.p_value < p_z * 3
-    np.testing.assert_allclose(dt.p_holm, multiple.holm(dt.p_value))
-    np.testing.assert_allclose(dt.p_bh, multiple.bh(dt.p_value))
+    # Holm / BH within each family, and the correction column says so
+    for fam, sub in dt.groupby("family"):
+        np.testing.assert_allclose(sub.p_holm, multiple.holm(sub.p_value))
+        np.testing.assert_allclose(sub.p_bh, multiple.bh(sub.p_value))
+        m = int(sub.p_value.notna().sum())
+        assert (sub.correction.str.startswith(f"holm within family {fam} (m={m})")).all()
+    # the deprecated alias gives the same table
+    alias = disparity_tests(df, group_cols=["g"], pos_label="1", n_boot=200, n_perm=2000, pairwise=True)
+    pd.testing.assert_frame_equal(alias, dt)
 
 
 def test_null_disparity_false_positive_rate_is_calibrated():
@@ -230,3 +243,121 @@ def test_million_row_cost_is_count_based():
     np.testing.assert_allclose(a.value, b.value)
     wa, wb = (a.ci_high - a.ci_low).to_numpy(), (b.ci_high - b.ci_low).to_numpy()
     np.testing.assert_allclose(wb / wa, 1 / np.sqrt(10), rtol=0.25)
+
+
+def _three_groups(seed=7, sizes=(400, 400, 30), acc=(0.9, 0.8, 0.7)):
+    rng = np.random.default_rng(seed)
+    frames = []
+    for name, n, a in zip(("a", "b", "tiny"), sizes, acc, strict=True):
+        lab = rng.choice(["0", "1"], n)
+        ok = rng.random(n) < a
+        frames.append(pd.DataFrame({"label": lab, "pred": np.where(ok, lab, np.where(lab == "1", "0", "1")),
+                                    "score": rng.uniform(0.5, 1.0, n), "g": name}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_one_vs_rest_rows_compare_each_group_with_every_other_row():
+    df = _three_groups()
+    dt = disparity_tests(df, group_cols=["g"], metrics=("accuracy", "ece"), classes="none", n_boot=200, n_perm=200,
+                         comparisons=("one_vs_rest",))
+    assert set(dt.family) == {"one_vs_rest"} and len(dt) == 6  # 2 metrics x 3 groups
+    acc = dt[dt.metric == "accuracy"].set_index("max_group")
+    correct = (df.label == df.pred).to_numpy()
+    for grp in ("a", "b"):
+        r = acc.loc[grp]
+        mine, rest = correct[df.g == grp], correct[df.g != grp]  # the rest includes the small group's rows
+        assert r.min_group == "rest of g" and r.k == 2 and r.n_excluded == 0
+        assert r.max_value == pytest.approx(mine.mean()) and r.min_value == pytest.approx(rest.mean())
+        assert r.difference == pytest.approx(mine.mean() - rest.mean())  # group - rest, signed
+        assert r.diff_ci_low <= r.difference <= r.diff_ci_high
+        assert r.ratio == pytest.approx(min(mine.mean(), rest.mean()) / max(mine.mean(), rest.mean()))
+        assert r.ratio_ci_low <= r.ratio <= r.ratio_ci_high <= 1
+        assert 0 < r.p_value <= 1 and r.test.startswith("permutation group - rest")
+    assert acc.loc["b"].difference < 0 < acc.loc["a"].difference
+    tiny = acc.loc["tiny"]
+    assert tiny.test == "not tested" and "min_group_size=50" in tiny.note and np.isnan(tiny.p_value)
+    assert not tiny.significant and np.isnan(tiny.difference)
+    # Holm within the family: two tested accuracy rows + two ECE rows
+    assert (dt.dropna(subset=["p_value"]).correction == "holm within family one_vs_rest (m=4); "
+            "p_bh: Benjamini-Hochberg within the same family").all()
+    np.testing.assert_allclose(dt.p_holm, multiple.holm(dt.p_value))
+
+
+def test_rows_that_could_not_be_tested_say_so():
+    df = _three_groups(sizes=(400, 20, 20))
+    dt = disparity_tests(df, group_cols=["g"], metrics=("accuracy",), classes="none", n_boot=50, n_perm=50,
+                         comparisons=("range", "pairwise", "one_vs_rest"))
+    for fam in ("range", "pairwise"):
+        r = dt[dt.family == fam].iloc[0]
+        assert r.test == "not tested" and "fewer than 2 groups" in r.note and np.isnan(r.p_value)
+        assert not r.significant and r.correction == "none (not tested)"
+    ovr = dt[dt.family == "one_vs_rest"].set_index("max_group")
+    assert ovr.loc["a"].test == "not tested" and "rest of g: n=40" in ovr.loc["a"].note  # the rest is small
+    assert (ovr.test == "not tested").all() and not dt.significant.any()
+    no_perm = disparity_tests(df, group_cols=["g"], metrics=("accuracy",), classes="none", n_boot=50, n_perm=0,
+                              min_group_size=10)
+    r = no_perm.iloc[0]
+    assert r.test == "not tested" and "n_perm=0" in r.note and np.isnan(r.p_value)
+    assert r.diff_ci_low <= r.difference <= r.diff_ci_high  # the interval is still there
+    with pytest.raises(UsageError, match="comparisons"):
+        disparity_tests(df, group_cols=["g"], comparisons=("ranges",))
+
+
+def test_ece_resamples_rows_so_an_all_correct_group_has_an_interval():
+    rng = np.random.default_rng(8)
+    n = 600
+    g = np.repeat(["perfect", "other"], n // 2)
+    lab = rng.choice(["0", "1"], n)
+    ok = (g == "perfect") | (rng.random(n) < 0.8)
+    df = pd.DataFrame({"label": lab, "pred": np.where(ok, lab, np.where(lab == "1", "0", "1")),
+                       "score": rng.uniform(0.94, 1.0, n), "g": g})  # every row in the top bin
+    gp = group_performance(df, group_cols=["g"], metrics=("ece",), classes="none", n_boot=400)
+    r = gp.set_index("group").loc["perfect"]
+    conf = df.score[df.g == "perfect"]
+    assert r.value == pytest.approx(1 - conf.mean())  # all correct, one bin: ECE = 1 - mean confidence
+    se = conf.std() / np.sqrt(len(conf))  # resampling rows moves the mean confidence
+    assert r.ci_high - r.ci_low == pytest.approx(2 * 1.96 * se, rel=0.25)
+
+
+def test_ece_cell_approximation_matches_exact_row_resampling(monkeypatch):
+    from audit.stats import performance
+
+    df = _random_preds(6000, seed=4)
+    out = {}
+    for limit in (10**15, 0):  # exact row draws, then the cell approximation used for very many rows
+        monkeypatch.setattr(performance, "ECE_EXACT_ROW_DRAWS", limit)
+        gp = group_performance(df, group_cols=["bg"], metrics=("ece",), classes="none", n_boot=1000,
+                               intersections=False)
+        dt = disparity_tests(df, group_cols=["bg"], metrics=("ece",), classes="none", n_boot=300, n_perm=1000,
+                             max_perm=1000, intersections=False)
+        out[limit] = (gp, dt)
+    (ga, da), (gb, db) = out[10**15], out[0]
+    np.testing.assert_allclose(ga.value, gb.value)
+    width_a, width_b = (ga.ci_high - ga.ci_low).to_numpy(), (gb.ci_high - gb.ci_low).to_numpy()
+    np.testing.assert_allclose(width_b, width_a, rtol=0.15)
+    assert db.p_value.iloc[0] == pytest.approx(da.p_value.iloc[0], abs=0.06)
+
+
+def test_ece_resampling_memory_is_bounded(monkeypatch):
+    """200k rows x 1000 replicates must not hold 200M values at once (the exact path is chunked, too)."""
+    import tracemalloc
+
+    from audit.stats import performance
+
+    df = _random_preds(200_000, seed=6)
+    prep = performance._prepare(df, group_cols=["bg"], label_col="label", pred_col="pred", score_col="score",
+                                metrics=("ece",), classes="none", pos_label=None)
+    codes, names = performance._group_codes(prep.df, ("bg",))
+    eng = performance._Engine(prep, codes, len(names), 15)
+    key = ("ece", "__all__")
+    for limit, n_rep in ((performance.ECE_EXACT_ROW_DRAWS, 1000), (10**15, 100)):
+        monkeypatch.setattr(performance, "ECE_EXACT_ROW_DRAWS", limit)
+        tracemalloc.start()
+        boots, _ = eng.bootstrap([key], n_boot=n_rep, rng=np.random.default_rng(0))
+        perm, _ = eng.permute([key], np.arange(len(names)), n_perm=n_rep, rng=np.random.default_rng(1))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert boots[key].shape == (n_rep, 2) and perm[key].shape == (n_rep, 2)
+        assert np.isfinite(boots[key]).all() and boots[key].std(axis=0).min() > 0
+        # unchunked, the exact path would hold 100 x 100k-200k row draws in several arrays: > 200 MB
+        assert peak < 60e6, (limit, peak)

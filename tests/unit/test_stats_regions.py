@@ -51,3 +51,29 @@ def test_paired_mass_test_is_scipy_wilcoxon():
     ref = wilcoxon(a, b)
     assert r["p_value"] == pytest.approx(ref.pvalue) and r["statistic"] == pytest.approx(ref.statistic)
     assert r["n"] == 40 and r["median_difference"] == pytest.approx(np.median(a - b))
+
+
+def test_region_mass_gap_excludes_small_groups_and_its_interval_contains_the_estimate():
+    rng = np.random.default_rng(2)
+    n = 400
+    g = np.where(np.arange(n) < 30, "few", rng.choice(["x", "y"], n))
+    masks = np.zeros((n, 8, 8), bool)
+    masks[:, 2:6, 2:6] = True
+    maps = rng.random((n, 8, 8))
+    maps[g == "few", 2:6, 2:6] *= 10.0  # a large planted gap, but only in a small group
+    t = region_mass_by_group(maps, masks, pd.DataFrame({"g": g}), group_cols=["g"], method="m", n_boot=300,
+                             n_perm=300, min_group_size=50)
+    assert list(t.columns) == REGION_MASS_COLUMNS and t.small.dtype == bool
+    r = t.set_index("group")
+    assert r.loc["few", "small"] and np.isnan(r.loc["few", "p_value"]) and np.isnan(r.loc["few", "difference"])
+    big = r.loc[["x", "y"]]
+    gap = abs(big.value["x"] - big.value["y"])
+    np.testing.assert_allclose(big.difference, gap)
+    assert not big.small.any()
+    assert (big.diff_ci_low <= big.difference).all() and (big.difference <= big.diff_ci_high).all()
+    assert big.diff_ci_low.iloc[0] == 0.0  # no gap between x and y: the interval reaches 0
+    assert big.p_value.iloc[0] > 0.01  # the small group's planted gap is not tested
+    # min_group_size is honoured as given: at 20 the small group takes part
+    t20 = region_mass_by_group(maps, masks, pd.DataFrame({"g": g}), group_cols=["g"], method="m", n_boot=100,
+                               n_perm=300, min_group_size=20).set_index("group")
+    assert not t20.small.any() and t20.loc["few", "p_value"] == pytest.approx(1 / 301)
