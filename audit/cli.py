@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from audit.dashboard_command import streamlit_command
 from audit.errors import AuditError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -259,27 +260,6 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     print(f"dashboard on http://{args.host}:{args.port}  (Ctrl+C to stop)")
     env = dict(os.environ)
     return subprocess.call(cmd, env=env)
-
-
-#: Streamlit settings the dashboard always runs with (its config.toml is only read when Streamlit is
-#: started from dashboards/, so they are passed on the command line).
-STREAMLIT_FLAGS = (
-    "--server.headless", "true",
-    "--browser.gatherUsageStats", "false",
-    "--server.maxUploadSize", "1",  # MiB; the only upload is a label-set YAML (the page caps it at 64 KiB)
-    "--server.enableXsrfProtection", "true",
-    "--client.showErrorDetails", "type",  # no tracebacks with local paths in the browser
-    "--client.toolbarMode", "minimal",
-)
-
-
-def streamlit_command(app: Path, *, host: str, port: int, runs: Sequence[Path | str], extra: Sequence[str] = ()) -> list[str]:
-    """``streamlit run app`` bound to ``host:port`` with :data:`STREAMLIT_FLAGS`, then ``-- runs``,
-    through the source checkout's ``dashboards/launch.py`` (``streamlit run`` with the first page's
-    imports done before the first visitor), whichever app it serves."""
-    launcher = Path(__file__).resolve().parent.parent / "dashboards" / "launch.py"
-    return [sys.executable, str(launcher), "run", str(app), "--server.address", host,
-            "--server.port", str(port), *STREAMLIT_FLAGS, *extra, "--", *[str(r) for r in runs]]
 
 
 if __name__ == "__main__":  # pragma: no cover

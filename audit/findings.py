@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from audit.fmt import fmt
+
 FINDINGS_COLUMNS = [
     "rank", "kind", "attribute", "metric", "scope", "family", "worst_group", "best_group", "worst_value",
     "best_value", "gap", "ci_low", "ci_high", "n_worst", "n_best", "p_value", "p_adj", "correction",
@@ -111,24 +113,8 @@ def metric_key(metric: str, cls: str) -> str:
     return f"{metric}[{cls}]"
 
 
-def _fmt(v: Any, digits: int = 3) -> str:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return "n/a"
-    if not math.isfinite(f):
-        return "n/a"
-    return f"{f:.{digits}f}"
-
-
-def _fmt_p(p: Any) -> str:
-    try:
-        f = float(p)
-    except (TypeError, ValueError):
-        return "n/a"
-    if not math.isfinite(f):
-        return "n/a"
-    return f"{f:.3f}" if f >= 0.001 else f"{f:.1e}"
+def fmt_p(p: Any) -> str:
+    return fmt(p, "p")
 
 
 def _n(v: Any) -> str:
@@ -229,14 +215,14 @@ def _performance(tables: Tables, alpha: float) -> list[dict[str, Any]]:
             what = {"range": f"gap across {int(r.get('k') or 0)} groups", "pairwise": "pairwise gap",
                     "one_vs_rest": "gap to the rest"}.get(family, "gap")
             if worst_g == best_g:  # every group compared has the same value: name no "worst vs best" pair
-                row["text"] = (f"{label} by {attr}: {_fmt(worst_v)} in each of the {int(r.get('k') or 0)} groups "
-                               f"compared (no gap), p_adj = {_fmt_p(row['p_adj'])}, "
+                row["text"] = (f"{label} by {attr}: {fmt(worst_v)} in each of the {int(r.get('k') or 0)} groups "
+                               f"compared (no gap), p_adj = {fmt_p(row['p_adj'])}, "
                                f"{_verdict(sig, status, correction)}.")
                 out.append(row)
                 continue
             row["text"] = (
-                f"{label} by {attr}: {_fmt(worst_v)} for {worst_g}{nw} vs {_fmt(best_v)} for {best_g}{nb}; "
-                f"{what} {_fmt(gap)} (95% CI {_fmt(lo)} to {_fmt(hi)}), p_adj = {_fmt_p(row['p_adj'])}, "
+                f"{label} by {attr}: {fmt(worst_v)} for {worst_g}{nw} vs {fmt(best_v)} for {best_g}{nb}; "
+                f"{what} {fmt(gap)} (95% CI {fmt(lo)} to {fmt(hi)}), p_adj = {fmt_p(row['p_adj'])}, "
                 f"{_verdict(sig, status, correction)}"
                 + (f"; {excl}" if excl and excl != "pairwise" else "") + "."
             )
@@ -273,14 +259,14 @@ def _harmful(tables: Tables, alpha: float) -> list[dict[str, Any]]:
         if not tested:
             row["text"] = f"harmful-label rate by {attr}: not tested (fewer than two groups large enough)."
         elif worst == best:  # every group compared has the same rate
-            row["text"] = (f"harmful-label rate ({r.get('label_set', '')}) by {attr}: {_fmt(wv)} in each of the "
-                           f"{int(r.get('k') or 0)} groups compared (no gap), p_adj = {_fmt_p(row['p_adj'])}, "
+            row["text"] = (f"harmful-label rate ({r.get('label_set', '')}) by {attr}: {fmt(wv)} in each of the "
+                           f"{int(r.get('k') or 0)} groups compared (no gap), p_adj = {fmt_p(row['p_adj'])}, "
                            f"{_verdict(sig, status, correction)}.")
         else:
             row["text"] = (
-                f"harmful-label rate ({r.get('label_set', '')}) by {attr}: {_fmt(wv)} for {worst}, n={_n(wn)} vs "
-                f"{_fmt(bv)} for {best}, n={_n(bn)}; gap {_fmt(row['gap'])} (95% CI {_fmt(row['ci_low'])} to "
-                f"{_fmt(row['ci_high'])}), p_adj = {_fmt_p(row['p_adj'])}, {_verdict(sig, status, correction)}."
+                f"harmful-label rate ({r.get('label_set', '')}) by {attr}: {fmt(wv)} for {worst}, n={_n(wn)} vs "
+                f"{fmt(bv)} for {best}, n={_n(bn)}; gap {fmt(row['gap'])} (95% CI {fmt(row['ci_low'])} to "
+                f"{fmt(row['ci_high'])}), p_adj = {fmt_p(row['p_adj'])}, {_verdict(sig, status, correction)}."
             )
         out.append(row)
     return out
@@ -313,11 +299,11 @@ def _association(tables: Tables, alpha: float) -> list[dict[str, Any]]:
         a_name, b_name = str(r.get("A") or ""), str(r.get("B") or "")
         if a_name == f"{r['test']} A" and b_name == f"{r['test']} B":  # sets named after the test
             a_name, b_name = "text set A", "text set B"
-        ci = f" (95% CI {_fmt(lo, 2)} to {_fmt(hi, 2)})" if math.isfinite(lo) else ""
+        ci = f" (95% CI {fmt(lo, 'effect')} to {fmt(hi, 'effect')})" if math.isfinite(lo) else ""
         row["text"] = (
             f"association {r['test']} by {r['attribute']}: images of {r.get('X')} (n={_n(r.get('n_x'))}){vs}, "
-            f"closer to {a_name} than to {b_name}: effect size d = {_fmt(d, 2)}{ci}, "
-            f"p_adj = {_fmt_p(pa)}, {_verdict(sig, row['status'], correction)}."
+            f"closer to {a_name} than to {b_name}: effect size d = {fmt(d, 'effect')}{ci}, "
+            f"p_adj = {fmt_p(pa)}, {_verdict(sig, row['status'], correction)}."
         )
         out.append(row)
     return out
@@ -352,13 +338,13 @@ def _prediction_distribution(tables: Tables, alpha: float) -> list[dict[str, Any
             row["text"] = f"predicted classes by {attr}: not tested ({r.get('note') or 'too few groups'})."
         elif cls == "__all__":
             row["text"] = (f"predicted classes by {attr}: the distribution of predictions differs between groups "
-                           f"(distance {_fmt(row['gap'])}), p_adj = {_fmt_p(row['p_adj'])}, "
+                           f"(distance {fmt(row['gap'])}), p_adj = {fmt_p(row['p_adj'])}, "
                            f"{_verdict(sig, status, correction)}.")
         else:
             row["text"] = (
-                f"share predicted {cls!r} by {attr}: {_fmt(row['worst_value'])} for {hi_g}, n={_n(row['n_worst'])} "
-                f"vs {_fmt(row['best_value'])} for {lo_g}, n={_n(row['n_best'])}; gap {_fmt(row['gap'])} (95% CI "
-                f"{_fmt(row['ci_low'])} to {_fmt(row['ci_high'])}), p_adj = {_fmt_p(row['p_adj'])}, "
+                f"share predicted {cls!r} by {attr}: {fmt(row['worst_value'])} for {hi_g}, n={_n(row['n_worst'])} "
+                f"vs {fmt(row['best_value'])} for {lo_g}, n={_n(row['n_best'])}; gap {fmt(row['gap'])} (95% CI "
+                f"{fmt(row['ci_low'])} to {fmt(row['ci_high'])}), p_adj = {fmt_p(row['p_adj'])}, "
                 f"{_verdict(sig, status, correction)}.")
         out.append(row)
     return out
@@ -398,12 +384,12 @@ def _region_mass(tables: Tables, alpha: float, min_group_size: int) -> list[dict
             row["text"] = (f"share of {method}'s map on the object by {attr}: not tested "
                            f"({excl or 'fewer than two groups large enough'}).")
         else:
-            ci = (f" (95% CI {_fmt(row.get('ci_low'))} to {_fmt(row.get('ci_high'))})"
+            ci = (f" (95% CI {fmt(row.get('ci_low'))} to {fmt(row.get('ci_high'))})"
                   if math.isfinite(_num(row.get("ci_low"))) else "")
             row["text"] = (
-                f"share of {method}'s map on the object by {attr}: {_fmt(row['worst_value'])} for "
-                f"{row['worst_group']}, n={_n(row['n_worst'])} vs {_fmt(row['best_value'])} for {row['best_group']}, "
-                f"n={_n(row['n_best'])}; gap {_fmt(row['gap'])}{ci}, p_adj = {_fmt_p(pa)}, "
+                f"share of {method}'s map on the object by {attr}: {fmt(row['worst_value'])} for "
+                f"{row['worst_group']}, n={_n(row['n_worst'])} vs {fmt(row['best_value'])} for {row['best_group']}, "
+                f"n={_n(row['n_best'])}; gap {fmt(row['gap'])}{ci}, p_adj = {fmt_p(pa)}, "
                 f"{_verdict(sig, row['status'], correction)}" + (f"; {excl}" if excl else "") + ".")
         out.append(row)
     return out
@@ -425,8 +411,8 @@ def _retrieval(tables: Tables) -> list[dict[str, Any]]:
             p_value=float("nan"), p_adj=float("nan"), correction="none", significant=False, status="descriptive",
             source="retrieval_skew",
             text=(f"retrieval '{q}' top-{int(k)} by {attr}: {over['group']} over-represented (log-ratio skew "
-                  f"{_fmt(mx, 2)}), {under['group']} under-represented ({_fmt(mn, 2)}) against the {over['target']} "
-                  f"target; NDKL {_fmt(over['ndkl'])}; descriptive (no test)."),
+                  f"{fmt(mx, 'effect')}), {under['group']} under-represented ({fmt(mn, 'effect')}) against the {over['target']} "
+                  f"target; NDKL {fmt(over['ndkl'])}; descriptive (no test)."),
         ))
     return out
 
@@ -450,9 +436,9 @@ def _embedding(tables: Tables, alpha: float) -> list[dict[str, Any]]:
                 significant=sig, status="significant" if sig else ("not significant" if tested else "not tested"),
                 source="linear_probe",
                 text=(f"embeddings encode {r['attribute']}: a linear probe recovers it with balanced accuracy "
-                      f"{_fmt(r.get('balanced_accuracy'))} (95% CI {_fmt(r.get('bacc_ci_low'))} to "
-                      f"{_fmt(r.get('bacc_ci_high'))}; permutation null mean {_fmt(chance)}, n={_n(r.get('n'))}), "
-                      f"p_adj = {_fmt_p(pa)}, {_verdict(sig, 'tested', corr)}."),
+                      f"{fmt(r.get('balanced_accuracy'))} (95% CI {fmt(r.get('bacc_ci_low'))} to "
+                      f"{fmt(r.get('bacc_ci_high'))}; permutation null mean {fmt(chance)}, n={_n(r.get('n'))}), "
+                      f"p_adj = {fmt_p(pa)}, {_verdict(sig, 'tested', corr)}."),
             ))
     mmd = tables.get("mmd")
     if mmd is not None and not mmd.empty:
@@ -473,7 +459,7 @@ def _embedding(tables: Tables, alpha: float) -> list[dict[str, Any]]:
                 text=(f"embedding distributions by {attr}: not tested ({top['estimator']})." if not tested else
                       f"embedding distributions by {attr}: {len(sig_rows)} of {len(g)} group pairs differ (MMD test); "
                       f"strongest {top['group_a']} (n={_n(top['n_a'])}) vs {top['group_b']} (n={_n(top['n_b'])}), "
-                      f"MMD² {_fmt(top['mmd2'], 4)}, p_adj = {_fmt_p(top['_padj'])}, "
+                      f"MMD² {fmt(top['mmd2'], 'sig')}, p_adj = {fmt_p(top['_padj'])}, "
                       f"{_verdict(sig, 'tested', corr)}."),
             ))
     return out
@@ -505,10 +491,10 @@ def _faithfulness(tables: Tables, alpha: float) -> list[dict[str, Any]]:
                 source="faithfulness_verdicts",
                 text=(f"explanation method {method}: {verdict}"
                       + (f" ({reason})" if reason else "")
-                      + (f"; {r.get('score', 'deletion AUC')} {_fmt(r.get('value'))} vs random "
-                         f"{_fmt(r.get('random_value'))}, difference {_fmt(r.get('difference'))} (95% CI "
-                         f"{_fmt(r.get('ci_low'))} to {_fmt(r.get('ci_high'))}, n={_n(r.get('n'))}, "
-                         f"{r.get('baseline', '')} baseline), p_adj = {_fmt_p(r.get('p_adj'))}"
+                      + (f"; {r.get('score', 'deletion AUC')} {fmt(r.get('value'))} vs random "
+                         f"{fmt(r.get('random_value'))}, difference {fmt(r.get('difference'))} (95% CI "
+                         f"{fmt(r.get('ci_low'))} to {fmt(r.get('ci_high'))}, n={_n(r.get('n'))}, "
+                         f"{r.get('baseline', '')} baseline), p_adj = {fmt_p(r.get('p_adj'))}"
                          if math.isfinite(_num(r.get("value"))) else "")
                       + "."),
             ))
@@ -523,7 +509,7 @@ def _faithfulness(tables: Tables, alpha: float) -> list[dict[str, Any]]:
             p_value=float("nan"), p_adj=float("nan"), correction="none", significant=False, status="flagged",
             source="sanity",
             text=(f"explanation method {m}: fails the model-randomisation sanity check (Spearman "
-                  f"{_fmt(worst['spearman'])}, 95% CI {_fmt(worst['ci_low'])} to {_fmt(worst['ci_high'])}, after "
+                  f"{fmt(worst['spearman'])}, 95% CI {fmt(worst['ci_low'])} to {fmt(worst['ci_high'])}, after "
                   f"re-initialising blocks {worst['randomized_blocks']}); its maps say little about the model."),
         ))
     return out

@@ -65,6 +65,26 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
         tmp.write_text(text + "\n", encoding="utf-8")
 
 
+def readable(path: Path) -> Path:
+    """Give a written file the usual permissions rw-r--r-- (temporary files are created 0600)."""
+    os.chmod(path, 0o644)
+    return path
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 text atomically, readable by others (reports)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return readable(Path(path))
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write bytes atomically, readable by others (PNG figures)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return readable(Path(path))
+
+
 def write_table(path: str | os.PathLike[str], df: Any) -> None:
     """Write a pandas DataFrame as Parquet atomically."""
     with atomic_path(path) as tmp:

@@ -199,7 +199,7 @@ def serve(runs: Sequence[str | os.PathLike[str]], *, port: int | None = None, po
         UsageError: the server did not come up within ``timeout`` seconds (its log is quoted).
     """
     port = port or free_port()
-    from audit.cli import streamlit_command
+    from audit.dashboard_command import streamlit_command
 
     cmd = streamlit_command(app, host="127.0.0.1", port=port, runs=runs,
                             extra=("--server.fileWatcherType", "none", "--server.runOnSave", "false"))

@@ -39,7 +39,7 @@ from audit.report.summary import (
     fmt,
     fmt_ci,
 )
-from audit.runs import Run, atomic_path, utc_now, write_json
+from audit.runs import Run, atomic_path, readable, utc_now, write_bytes, write_json, write_text
 
 COMPARE_METRICS = ("accuracy", "balanced_accuracy")
 
@@ -340,7 +340,6 @@ def _limitations(s: ComparisonSummary) -> list[str]:
 
 def write_comparison(a: Run, b: Run, out_dir: Path, formats: Sequence[str]) -> dict[str, Path]:
     """Write comparison.html / .md / .pdf / .json into ``out_dir``."""
-    from audit.report.writer import _readable, _write_bytes, _write_text
     from audit.viz.figures import comparison_plot, figure_to_png_bytes
 
     s = compare_runs(a, b)
@@ -350,27 +349,27 @@ def write_comparison(a: Run, b: Run, out_dir: Path, formats: Sequence[str]) -> d
     png = figure_to_png_bytes(comparison_plot([r for r in sel if r["kind"] != "group"] or sel))
     if "json" in formats:
         write_json(out_dir / "comparison.json", s.model_dump(mode="json"))
-        out["json"] = _readable(out_dir / "comparison.json")
+        out["json"] = readable(out_dir / "comparison.json")
     if "html" in formats:
         from audit.report.html import b64, environment
 
         html = environment().get_template("compare.html.j2").render(
             s=s, figure=b64(png), css=(Path(__file__).parent / "templates" / "report.css").read_text("utf-8"))
-        _write_text(out_dir / "comparison.html", html)
+        write_text(out_dir / "comparison.html", html)
         out["html"] = out_dir / "comparison.html"
     if "md" in formats:
         from audit.report.markdown import MdSafe
         from audit.report.markdown import environment as md_env
 
         (out_dir / "figures").mkdir(exist_ok=True)
-        _write_bytes(out_dir / "figures" / "comparison.png", png)
+        write_bytes(out_dir / "figures" / "comparison.png", png)
         md = md_env().get_template("compare.md.j2").render(s=s, figure=MdSafe("figures/comparison.png"))
-        _write_text(out_dir / "comparison.md", md)
+        write_text(out_dir / "comparison.md", md)
         out["md"] = out_dir / "comparison.md"
     if "pdf" in formats:
         with atomic_path(out_dir / "comparison.pdf") as tmp:
             _render_pdf(s, tmp, png)
-        out["pdf"] = _readable(out_dir / "comparison.pdf")
+        out["pdf"] = readable(out_dir / "comparison.pdf")
     return out
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from audit.findings import headline, metric_key, summary_line
+from audit.fmt import fmt, fmt_ci
 from audit.runs import Run, utc_now
 
 SUMMARY_SCHEMA_VERSION = 1
@@ -29,49 +30,6 @@ DEFAULT_ALPHA = 0.05
 INTERSECTION_SEP = "×"
 
 Num = float | None
-NumKind = Literal["rate", "p", "int", "diff", "effect", "share"]
-
-
-# --------------------------------------------------------------------------- formatting
-def fmt(value: Any, kind: NumKind = "rate") -> str:
-    """Format one number for display; the only number formatter of the reports.
-
-    Args:
-        value: a number, or None/NaN (shown as "n/a").
-        kind: "rate" / "effect" / "share" (3 decimals), "diff" (signed, 3 decimals),
-            "p" (3 decimals, or 2 significant digits in scientific notation below 0.001),
-            "int" (integer).
-
-    Returns:
-        Text that ``float()`` parses back to the value within the shown precision
-        (except "n/a").
-
-    Example:
-        >>> fmt(0.12345), fmt(0.00012, "p"), fmt(-0.05, "diff"), fmt(None)
-        ('0.123', '1.2e-04', '-0.050', 'n/a')
-    """
-    if value is None:
-        return "n/a"
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if not math.isfinite(v):
-        return "n/a"
-    if kind == "int":
-        return str(int(round(v)))
-    if kind == "p":
-        return f"{v:.3f}" if v >= 0.001 or v == 0 else f"{v:.1e}"
-    if kind == "diff":
-        return f"{v:+.3f}"
-    return f"{v:.3f}"
-
-
-def fmt_ci(low: Any, high: Any, kind: NumKind = "rate") -> str:
-    """An interval as "[low, high]" using :func:`fmt` for both ends."""
-    if low is None and high is None:
-        return "n/a"
-    return f"[{fmt(low, kind)}, {fmt(high, kind)}]"
 
 
 def preprocessing_text(pre: dict[str, Any]) -> str:

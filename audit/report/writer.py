@@ -11,7 +11,7 @@ import numpy as np
 
 from audit.errors import UsageError
 from audit.report.summary import INTERSECTION_SEP, AuditSummary, build_summary, fmt
-from audit.runs import Run, atomic_path, write_json
+from audit.runs import Run, atomic_path, readable, write_bytes, write_json, write_text
 
 Format = Literal["html", "md", "pdf", "json"]
 FORMATS: tuple[str, ...] = ("html", "md", "pdf", "json")
@@ -95,24 +95,6 @@ def build_figures(summary: AuditSummary, run: Run) -> tuple[dict[str, bytes], li
     return figs, perf_names, gallery
 
 
-def _readable(path: Path) -> Path:
-    """Give a written report the usual permissions rw-r--r-- (temp files are created 0600)."""
-    os.chmod(path, 0o644)
-    return path
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    _readable(path)
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    _readable(path)
-
-
 def write_single(run: Run, out_dir: Path, formats: Sequence[str], *, model_card: bool = False,
                  model_card_base: str | os.PathLike[str] | None = None) -> dict[str, Path]:
     """Write the reports of one run into ``out_dir``; see :func:`write_report`."""
@@ -121,13 +103,13 @@ def write_single(run: Run, out_dir: Path, formats: Sequence[str], *, model_card:
     out_dir.mkdir(parents=True, exist_ok=True)
     if "json" in formats:
         write_json(out_dir / "audit.json", summary.model_dump(mode="json"))
-        out["json"] = _readable(out_dir / "audit.json")
+        out["json"] = readable(out_dir / "audit.json")
     if {"html", "md", "pdf"} & set(formats):
         figs, perf_names, gallery = build_figures(summary, run)
         if "html" in formats:
             from audit.report.html import render_html
 
-            _write_text(out_dir / "report.html", render_html(summary, figures=figs, gallery_images=gallery,
+            write_text(out_dir / "report.html", render_html(summary, figures=figs, gallery_images=gallery,
                                                              perf_figures=perf_names))
             out["html"] = out_dir / "report.html"
         if "md" in formats:
@@ -137,13 +119,13 @@ def write_single(run: Run, out_dir: Path, formats: Sequence[str], *, model_card:
             fdir.mkdir(exist_ok=True)
             files = {}
             for name, data in figs.items():
-                _write_bytes(fdir / f"{name}.png", data)
+                write_bytes(fdir / f"{name}.png", data)
                 files[name] = f"figures/{name}.png"
             gfiles = []
             for i, data in enumerate(gallery):
-                _write_bytes(fdir / f"gallery-{i:02d}.png", data)
+                write_bytes(fdir / f"gallery-{i:02d}.png", data)
                 gfiles.append(f"figures/gallery-{i:02d}.png")
-            _write_text(out_dir / "report.md", render_markdown(summary, figure_files=files, gallery_files=gfiles,
+            write_text(out_dir / "report.md", render_markdown(summary, figure_files=files, gallery_files=gfiles,
                                                                perf_figures=perf_names))
             out["md"] = out_dir / "report.md"
         if "pdf" in formats:
@@ -151,7 +133,7 @@ def write_single(run: Run, out_dir: Path, formats: Sequence[str], *, model_card:
 
             with atomic_path(out_dir / "report.pdf") as tmp:
                 render_pdf(summary, tmp, figures=figs, gallery_images=gallery, perf_figures=perf_names)
-            out["pdf"] = _readable(out_dir / "report.pdf")
+            out["pdf"] = readable(out_dir / "report.pdf")
     if model_card:
         from audit.report.modelcard import write_model_card
 

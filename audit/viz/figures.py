@@ -145,7 +145,7 @@ def forest_plot(disparities: Any, *, title: str = "Disparities: max-min gap (95%
         ax.plot([r["difference"]], [y], marker="o" if sig else "s", ms=7, color="#D55E00" if sig else "#0072B2",
                 mfc="#D55E00" if sig else "white", mew=1.5, ls="none")
         if _finite(r.get("p_holm")):
-            from audit.report.summary import fmt
+            from audit.fmt import fmt
 
             ax.annotate(f"Holm p={fmt(r['p_holm'], 'p')}", (1.01, y), xycoords=("axes fraction", "data"),
                         fontsize=7, va="center")
