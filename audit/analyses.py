@@ -67,6 +67,26 @@ def performance(ctx: Context) -> None:
     ctx.run.save_meta()
 
 
+def prediction_distribution(ctx: Context) -> None:
+    """prediction_distribution and prediction_disparities tables: the share of each predicted class by
+    group and tests of its dependence on the group (every run with group columns; labels not needed)."""
+    from audit.stats import prediction_distribution as distribution_by_group
+
+    if not ctx.group_columns:
+        return
+    st = ctx.config.stats
+    dist, disp = distribution_by_group(
+        ctx.predictions, group_cols=ctx.group_columns, classes=ctx.class_names, min_group_size=st.min_group_size,
+        n_boot=st.n_boot, n_perm=st.n_perm, alpha=st.alpha, seed=st.seed,
+    )
+    ctx.run.write_table("prediction_distribution", dist)
+    ctx.run.write_table("prediction_disparities", disp)
+    if not ctx.labelled:
+        ctx.notes.append("Without labels, what the model predicts by group is reported instead: the share of each "
+                         "predicted class per group (prediction_distribution) and its gap tests (prediction_disparities).")
+    ctx.run.save_meta()
+
+
 def embedding_stats(ctx: Context) -> None:
     """Embedding geometry by group: dispersion, centroid distances, probe, MMD, projection."""
     import pandas as pd

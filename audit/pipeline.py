@@ -748,6 +748,7 @@ def _run_stages(config: AuditConfig, run: Run, manifest: Any, df: Any, adapter: 
     )
     with timer.stage("stats"):
         analyses.performance(ctx)
+        analyses.prediction_distribution(ctx)
         if config.stats.embeddings:
             analyses.embedding_stats(ctx)
     with timer.stage("explain"):

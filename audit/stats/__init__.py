@@ -61,3 +61,7 @@ __all__ = [
     "weat",
     "zeroshot_label_distribution",
 ]
+
+from audit.stats.distribution import prediction_distribution  # appended: predictions by group
+
+__all__ += ["prediction_distribution"]
