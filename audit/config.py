@@ -224,11 +224,23 @@ class AssociationTest(_Strict):
 
 class ClipConfig(_Strict):
     templates: list[str] = Field(default_factory=lambda: ["a photo of a {}."])
-    label_set: str | None = Field(default="fairface_harm", description="shipped label set name or YAML path")
+    label_set: str | None = Field(default="fairface_harmful", description="shipped label set name or YAML path")
     association: list[AssociationTest] = Field(default_factory=list)
     queries: list[str] = Field(default_factory=list)
     ks: list[int] = Field(default_factory=lambda: [10, 50, 100])
     skew_target: Literal["uniform", "dataset"] = "dataset"
+
+    @field_validator("label_set")
+    @classmethod
+    def _known_set(cls, v: str | None) -> str | None:
+        if v is None or v.endswith((".yaml", ".yml")) or "/" in v:
+            return v  # a file: read (and checked) when the run starts
+        from audit.stats.sets import shipped_sets
+
+        known = shipped_sets()
+        if v not in known:
+            raise ValueError(f"unknown shipped set {v!r}; shipped: {known} (or give a .yaml path)")
+        return v
 
 
 class RunConfig(_Strict):

@@ -378,8 +378,8 @@ def _region_mass(tables: Tables, alpha: float, min_group_size: int) -> list[dict
             row.update(worst_group=str(w["group"]), best_group=str(b["group"]), worst_value=_num(w["value"]),
                        best_value=_num(b["value"]), gap=_num(b["value"]) - _num(w["value"]), n_worst=int(w["n"]),
                        n_best=int(b["n"]))
-            if "gap_ci_low" in ok.columns:
-                row.update(ci_low=_num(ok["gap_ci_low"].iloc[0]), ci_high=_num(ok["gap_ci_high"].iloc[0]))
+            if "diff_ci_low" in ok.columns:  # the attribute's gap interval, repeated on its rows
+                row.update(ci_low=_num(ok["diff_ci_low"].iloc[0]), ci_high=_num(ok["diff_ci_high"].iloc[0]))
         if not tested:
             row["text"] = (f"share of {method}'s map on the object by {attr}: not tested "
                            f"({excl or 'fewer than two groups large enough'}).")

@@ -263,6 +263,10 @@ def compare_runs(a: Run, b: Run, *, n_boot: int = 2000, seed: int = 0,
     if a.has_table("disparities") or b.has_table("disparities"):
         da = a.table("disparities") if a.has_table("disparities") else pd.DataFrame(columns=["attribute", "metric", "cls"])
         db = b.table("disparities") if b.has_table("disparities") else pd.DataFrame(columns=["attribute", "metric", "cls"])
+        if "family" in da.columns:  # the range test of each metric (pairwise / one-vs-rest rows are in the ledger)
+            da = da[da["family"] == "range"]
+        if "family" in db.columns:
+            db = db[db["family"] == "range"]
         keys = list(dict.fromkeys([tuple(x) for x in da[["attribute", "metric", "cls"]].itertuples(index=False)]
                                   + [tuple(x) for x in db[["attribute", "metric", "cls"]].itertuples(index=False)]))
         for attr, metric, cls in keys:

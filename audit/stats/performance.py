@@ -55,13 +55,12 @@ import numpy as np
 import pandas as pd
 
 from audit.errors import UsageError
-from audit.stats.intervals import difference_interval, range_interval, ratio_interval
+from audit.stats.intervals import difference_interval, group_intervals, range_interval, ratio_interval
 from audit.stats.multiple import bh, holm
 from audit.stats.resampling import (
     as_rng,
     hypergeometric_permutation,
     multinomial_bootstrap,
-    percentile_ci,
     permutation_counts,
     tie_broken_pvalue,
 )
@@ -772,7 +771,11 @@ def group_performance(
     seed: int = 0,
     ece_bins: int = 15,
 ) -> pd.DataFrame:
-    """Per-group metrics with percentile bootstrap intervals (table ``group_performance``).
+    """Per-group metrics with 95% intervals (table ``group_performance``).
+
+    Each interval is the hull of the bootstrap percentile and normal intervals and, for rates, the
+    Wilson score interval (:func:`audit.stats.intervals.group_intervals`), so it contains its estimate
+    and an all-correct group still gets a real interval.
 
     Args:
         predictions: one row per image with label, prediction, confidence and group columns
@@ -808,8 +811,10 @@ def group_performance(
     for r in results:
         for key in r.keys:
             m, ck = key
-            lo, hi = (percentile_ci(r.boots[key], alpha=alpha) if r.boots else
-                      (np.full(len(r.names), np.nan), np.full(len(r.names), np.nan)))
+            # the same per-group construction as the gap intervals, at level 1 - alpha: never narrower than the
+            # score (Wilson) interval for rates, so an all-correct group gets a real interval, not [1, 1]
+            lo, hi = (group_intervals(r.values[key], r.boots[key], alpha=alpha, score_parts=r.engine.score_parts(key))
+                      if r.boots else (np.full(len(r.names), np.nan), np.full(len(r.names), np.nan)))
             for g, name in enumerate(r.names):
                 n = r.denoms[key][g]
                 n_int = int(n) if np.isfinite(n) else 0

@@ -76,6 +76,8 @@ else:
                "The gap (max − min across groups) is tested with a permutation null, since it is never zero by "
                "chance; untested rows say why in their note.")
     row = disp[(disp["attribute"] == attribute) & (disp["metric"] == metric) & (disp["cls"].astype(str) == cls)]
+    if "family" in row.columns:
+        row = row[row["family"] == "range"]
     if not row.empty:
         r = row.iloc[0]
         if r.notna()["difference"]:

@@ -105,3 +105,13 @@ def test_comparisons_and_preprocess_defaults(tmp_path: Path) -> None:
     assert cfg.stats.comparisons == ["range", "pairwise"]
     assert cfg.model.preprocess.given() == {"crop_pct": 1.0, "interpolation": "bilinear"}
     assert parse_config(_minimal(tmp_path), base=tmp_path).stats.comparisons == ["range"]
+
+
+def test_clip_label_set_default_is_a_shipped_set(tmp_path: Path) -> None:
+    from audit.stats.sets import load_set
+
+    cfg = parse_config(_minimal(tmp_path), base=tmp_path)
+    assert load_set(cfg.clip.label_set).name == cfg.clip.label_set
+    bad = {**_minimal(tmp_path), "clip": {"label_set": "fairface_harm"}}
+    with pytest.raises(ConfigError, match="clip.label_set: Value error, unknown shipped set 'fairface_harm'"):
+        parse_config(bad, base=tmp_path)

@@ -68,6 +68,30 @@ def test_gap_and_ratio_intervals_cover_the_true_values(accs):
     assert cov["range"] >= 0.93 and cov["ratio"] >= 0.93 and cov["pair"] >= 0.93, cov
 
 
+@pytest.mark.slow
+def test_group_intervals_cover_each_group_value():
+    """200 datasets, 4 groups x 300 rows at accuracies 0.85, 0.95, 0.99, 1.0: each group's 95%
+    interval in group_performance covers its true accuracy >= 93% of the time (per group), contains
+    its estimate, and an all-correct group gets an interval of positive width."""
+    from audit.stats.performance import group_performance
+
+    accs = (0.85, 0.95, 0.99, 1.0)
+    rng = np.random.default_rng(7)
+    hits = np.zeros(len(accs))
+    widths_at_one = []
+    n_data = 200
+    for i in range(n_data):
+        gp = group_performance(_dataset(rng, accs), group_cols=["g"], metrics=("accuracy",), score_col=None,
+                               classes="none", n_boot=400, seed=i).set_index("group").loc[list(GROUPS)]
+        hits += ((gp.ci_low <= np.array(accs)) & (np.array(accs) <= gp.ci_high)).to_numpy()
+        assert ((gp.ci_low <= gp.value) & (gp.value <= gp.ci_high)).all(), i
+        widths_at_one.append(float(gp.ci_high.iloc[3] - gp.ci_low.iloc[3]))
+    cov = hits / n_data
+    print(f"\nper-group coverage at 95%, accuracies {accs}: {np.round(cov, 3).tolist()}")
+    assert (cov >= 0.93).all(), cov
+    assert min(widths_at_one) > 0.005  # Wilson: about 0.013 wide at n = 300, never [1, 1]
+
+
 # --------------------------------------------------------------------------- level
 
 
