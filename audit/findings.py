@@ -551,7 +551,9 @@ def build_findings(tables: Tables, *, alpha: float = DEFAULT_ALPHA, min_group_si
     rows += _performance(tables, alpha)
     rows += _harmful(tables, alpha)
     rows += _association(tables, alpha)
-    rows += _prediction_distribution(tables, alpha)
+    labelled = tables.get("disparities") is not None and not tables["disparities"].empty
+    if not labelled:  # with labels the same shares are the disparities' selection_rate rows (one test, not two)
+        rows += _prediction_distribution(tables, alpha)
     rows += _region_mass(tables, alpha, min_group_size)
     rows += _retrieval(tables)
     rows += _embedding(tables, alpha)

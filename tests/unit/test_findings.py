@@ -145,3 +145,16 @@ def test_a_tie_names_no_worst_and_best_pair() -> None:
     text = build_findings({"disparities": disp}).iloc[0]["text"]
     assert text.startswith("accuracy by bg: 1.000 in each of the 3 groups compared (no gap)")
     assert "dotted" not in text
+
+
+def test_prediction_shares_lead_a_label_free_run_only(tables) -> None:
+    pdisp = pd.DataFrame([dict(attribute="bg", cls="cat", k=3, max_group="dotted", min_group="plain", max_value=0.6,
+                               min_value=0.2, difference=0.4, diff_ci_low=0.3, diff_ci_high=0.5, p_value=0.001,
+                               p_holm=0.002, significant=True, test="permutation", note="")])
+    dist = pd.DataFrame([dict(attribute="bg", group=g, cls="cat", n=300, count=1, share=0.5, ci_low=0.4, ci_high=0.6,
+                              small=False) for g in ("dotted", "plain")])
+    free = build_findings({"prediction_disparities": pdisp, "prediction_distribution": dist})
+    assert free.iloc[0]["kind"] == "prediction_distribution" and free.iloc[0]["n_worst"] == 300
+    assert "share predicted 'cat' by bg: 0.600 for dotted" in free.iloc[0]["text"]
+    with_labels = build_findings({**tables, "prediction_disparities": pdisp, "prediction_distribution": dist})
+    assert "prediction_distribution" not in set(with_labels["kind"])  # selection_rate rows carry the same test
