@@ -191,8 +191,16 @@ def test_explain_names_the_baseline_and_shows_each_methods_verdict(app, clf_run:
 
     from audit.explain.faithfulness import faithfulness_verdicts
 
-    # the factory run has no verdicts table and no recorded baseline: nothing is invented
-    at = app(clf_run, page="pages/explain.py")
+    # a run without a verdicts table and without a recorded baseline: nothing is invented
+    bare = tmp_path / "bare"
+    shutil.copytree(clf_run.path, bare)
+    (bare / "tables" / "faithfulness_verdicts.parquet").unlink()
+    old = Run.open(bare)
+    old.meta.pop("faithfulness", None)
+    old.meta.get("config", {}).get("explain", {}).pop("baseline", None)
+    old.meta["tables"] = [t for t in old.meta.get("tables", []) if t != "faithfulness_verdicts"]
+    old.save_meta()
+    at = app(old, page="pages/explain.py")
     no_exception(at)
     assert not any("random" in str(m.value) and "**" in str(m.value) for m in at.markdown)
     assert all("baseline not recorded" in t.value for t in at.text if t.value.startswith("deletion AUC"))
