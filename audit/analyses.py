@@ -177,7 +177,8 @@ def explanations(ctx: Context) -> None:
     import torch
 
     from audit.explain import ClassTarget, explain
-    from audit.explain.faithfulness import chance_levels, faithfulness_table, faithfulness_verdicts
+    from audit.explain.faithfulness import faithfulness_table
+    from audit.explain.verdicts import chance_levels, faithfulness_verdicts
     from audit.explain.quality import map_problems
     from audit.explain.sanity import model_randomization
 

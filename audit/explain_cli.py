@@ -177,7 +177,7 @@ def _verdicts(results, baseline: str) -> dict[str, tuple[str, str]]:
     import numpy as np
     import pandas as pd
 
-    from audit.explain.faithfulness import faithfulness_verdicts
+    from audit.explain.verdicts import faithfulness_verdicts
 
     frames = []
     for m, (e, dele, rnd) in results.items():

@@ -337,7 +337,7 @@ def make_run(
             sanity.append(dict(method=m, step=step, randomized_blocks=blocks, spearman=rho, ci_low=lo, ci_high=hi,
                                n=len(chosen), flagged=bool(step > 0 and lo > 0.5)))
     run.write_table("sanity", pd.DataFrame(sanity))
-    from audit.explain.faithfulness import faithfulness_verdicts
+    from audit.explain.verdicts import faithfulness_verdicts
 
     run.write_table("faithfulness_verdicts", faithfulness_verdicts(faith, pd.DataFrame(sanity), n_boot=n_boot,
                                                                    n_perm=n_perm, seed=seed, perturbation="blur"))

@@ -189,7 +189,7 @@ def test_explain_names_unusable_maps_instead_of_drawing_them(app, clf_run: Run, 
 def test_explain_names_the_baseline_and_shows_each_methods_verdict(app, clf_run: Run, tmp_path) -> None:
     import shutil
 
-    from audit.explain.faithfulness import faithfulness_verdicts
+    from audit.explain.verdicts import faithfulness_verdicts
 
     # a run without a verdicts table and without a recorded baseline: nothing is invented
     bare = tmp_path / "bare"

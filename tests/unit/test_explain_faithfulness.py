@@ -16,7 +16,7 @@ from audit.explain import (
     pointing_game,
     random_map_like,
 )
-from audit.explain.faithfulness import VERDICT_COLUMNS, VERDICTS, faithfulness_verdicts
+from audit.explain.verdicts import VERDICT_COLUMNS, VERDICTS, faithfulness_verdicts
 from audit.stats.multiple import holm
 from tests.helpers_models import tiny_timm_vit
 
