@@ -91,11 +91,12 @@ def run_demo(*, out: Path = Path("runs/demo"), n_per_cell: int | None = None, re
         if report:
             from audit.report import write_report
 
-            write_report([run.path], formats=("html", "md", "json"))
+            write_report([run.path], formats=("html", "md", "pdf", "json"))
     if report and {"vit-biased", "vit-control"} <= set(names):
         from audit.report import write_report
 
-        write_report([out / "vit-control", out / "vit-biased"], out_dir=out / "compare-vit", formats=("html", "md", "json"))
+        write_report([out / "vit-control", out / "vit-biased"], out_dir=out / "compare-vit",
+                     formats=("html", "md", "pdf", "json"))
     print("\nFindings (ranked; the full ledger is each run's findings table)")
     for block in blocks:
         print(block)

@@ -1,8 +1,8 @@
 """Attention maps: raw attention of the pooled token and attention rollout.
 
-Definitions follow REFERENCES.md (Abnar & Zuidema 2020, with vit-explain's discard
-variant, without its two known bugs: rows are renormalised with ``keepdim`` and the
-discard is applied to every image of the batch). Accumulation is float32.
+Definitions follow Abnar & Zuidema (2020), with vit-explain's discard variant without its two
+known bugs: rows are renormalised with ``keepdim`` and the
+discard is applied to every image of the batch. Accumulation is float32.
 
 Registered in :data:`audit.registry.METHODS` as ``"rollout"`` and ``"attention"``
 with the signature ``fn(adapter, images, *, target=None, **params) -> (B, gh, gw)``

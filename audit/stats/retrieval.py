@@ -5,7 +5,7 @@ log; MaxSkew@k / MinSkew@k are its max / min over groups. NDKL = (1/Z) sum_{i=1.
 KL(D_{<=i} || D*) / log2(i + 1), Z = sum_i 1 / log2(i + 1), KL with the natural log and
 0 log 0 = 0. Written out here (a few lines of numpy): no maintained library implements it.
 
-Check case (REFERENCES.md): ranking m,m,m,f,m,f,f,m,f,f with p* = 1/2 gives MaxSkew@3 =
+Check case (computed by hand from the definitions of Geyik et al. 2019): ranking m,m,m,f,m,f,f,m,f,f with p* = 1/2 gives MaxSkew@3 =
 0.693, MinSkew@3 = -0.405, MaxSkew@5 = 0.470, MinSkew@5 = -0.916, NDKL = 0.362.
 """
 

@@ -1,4 +1,4 @@
-"""Retrieval skew and NDKL against the published check case (REFERENCES.md)."""
+"""Retrieval skew and NDKL against a check case computed by hand from the definitions."""
 
 from __future__ import annotations
 
