@@ -34,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list model families and example specs")
 
-    r = sub.add_parser("run", help="run an audit from a YAML config")
-    r.add_argument("config", type=Path)
+    r = sub.add_parser("run", help="run an audit from a YAML config (docs/audit.example.yaml; --schema: every key)")
+    r.add_argument("config", type=Path, nargs="?")
+    r.add_argument("--schema", action="store_true", help="print the config's JSON schema (every key, type, default)")
     r.add_argument("--output", type=Path, help="override run.output")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run from its last complete shard")
     r.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -180,9 +181,20 @@ def _cmd_models() -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from audit.config import load_config
+    import json
+
+    from audit.config import config_schema, load_config
+    from audit.errors import UsageError
     from audit.pipeline import run_audit
     from audit.progress import ProgressBar
+
+    if args.schema:
+        print(json.dumps(config_schema(), indent=1))
+        return EXIT_OK
+    if args.config is None:
+        raise UsageError("give the audit config: vision-audit run audit.yaml (an annotated example: "
+                         "docs/audit.example.yaml; every key: vision-audit run --schema)")
+
 
     overrides: dict = {"run": {}, "data": {}}
     for key in ("resume", "overwrite"):

@@ -293,13 +293,42 @@ class AuditConfig(_Strict):
             raise ConfigError("config refers to paths that do not exist:\n  " + "\n  ".join(missing))
 
 
+def _closest_key(loc: tuple) -> str | None:
+    """The known key closest to an unknown one at ``loc`` (difflib), e.g. "colums" -> "columns"."""
+    import difflib
+
+    model: Any = AuditConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):  # an item of a list: same model
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        sub = [c for c in (ann, *getattr(ann, "__args__", ())) if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not sub:
+            return None
+        model = sub[0]
+    if not isinstance(loc[-1], str) or not hasattr(model, "model_fields"):
+        return None
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON schema of an audit config (``vision-audit run --schema``)."""
+    return AuditConfig.model_json_schema()
+
+
 def _format_validation(source: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
         msg = err.get("msg", "invalid")
         if err.get("type") == "extra_forbidden":
-            msg = "unknown key (check the spelling; see `vision-audit run --help` for the schema)"
+            hint = _closest_key(err.get("loc", ()))
+            msg = ("unknown key" + (f" (did you mean {hint}?)" if hint else "")
+                   + "; `vision-audit run --schema` prints every key")
         elif "input" in err and err.get("type") not in ("missing",):
             shown = repr(err["input"])
             msg = f"{msg} (got {shown[:80]})"

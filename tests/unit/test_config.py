@@ -115,3 +115,31 @@ def test_clip_label_set_default_is_a_shipped_set(tmp_path: Path) -> None:
     bad = {**_minimal(tmp_path), "clip": {"label_set": "fairface_harm"}}
     with pytest.raises(ConfigError, match="clip.label_set: Value error, unknown shipped set 'fairface_harm'"):
         parse_config(bad, base=tmp_path)
+
+
+def test_the_annotated_example_config_parses() -> None:
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "docs" / "audit.example.yaml", check_paths=False)
+    assert cfg.model.preprocess.given()["crop_pct"] == 1.0 and cfg.data.columns.groups == ["skin_tone", "site"]
+
+
+def test_an_unknown_key_gets_the_closest_known_one(tmp_path: Path) -> None:
+    cfg = _minimal(tmp_path)
+    cfg["data"]["colums"] = {"image": "file"}
+    cfg["model"]["preproces"] = {}
+    with pytest.raises(ConfigError) as exc:
+        parse_config(cfg, base=tmp_path)
+    assert "data.colums: unknown key (did you mean columns?)" in str(exc.value)
+    assert "model.preproces: unknown key (did you mean preprocess?)" in str(exc.value)
+    assert "vision-audit run --schema" in str(exc.value)
+
+
+def test_run_schema_prints_every_key(capsys) -> None:
+    import json
+
+    from audit.cli import main
+
+    assert main(["run", "--schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert {"model", "data", "explain", "stats", "clip", "run"} <= set(schema["properties"])
+    assert "PreprocessConfig" in schema["$defs"]
