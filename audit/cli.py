@@ -6,7 +6,6 @@ Exit codes: 0 ok, 1 the audit failed (or a policy check failed), 2 unusable inpu
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -251,27 +250,23 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    import subprocess
-
+    from audit.dashboard_command import dashboard_app, run_forwarding_signals
     from audit.errors import UsageError
+    from audit.runs import find_runs
 
-    runs = [p.resolve() for p in args.runs]
-    if not runs:
+    if args.runs:
+        runs, problems = find_runs(args.runs)  # a folder of runs (runs/demo) opens every run in it
+        if problems:
+            raise UsageError("; ".join(problems) + " (give run directories, or a folder that holds them)")
+    else:
         from audit.demo import ensure_demo
 
         runs = ensure_demo()
-    for r in runs:
-        if not (r / "run.json").is_file():
-            raise UsageError(f"{r} is not a run directory (no run.json)")
-    app = Path(__file__).resolve().parent.parent / "dashboards" / "app.py"
-    if not app.is_file():
-        raise UsageError(f"dashboard app not found at {app}; install vision-audit from a source checkout")
-    cmd = streamlit_command(app, host=args.host, port=args.port, runs=runs)
+    cmd = streamlit_command(dashboard_app(), host=args.host, port=args.port, runs=runs)
     if args.policy:
         cmd += ["--policy", str(args.policy.resolve())]
-    print(f"dashboard on http://{args.host}:{args.port}  (Ctrl+C to stop)")
-    env = dict(os.environ)
-    return subprocess.call(cmd, env=env)
+    print(f"dashboard on http://{args.host}:{args.port} with {len(runs)} run(s)  (Ctrl+C to stop)")
+    return run_forwarding_signals(cmd)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,7 +18,7 @@ import json
 import os
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -365,3 +365,28 @@ class Run:
         )
         heads = "".join(f"<li>{escape(h)}</li>" for h in self.headline())
         return f"<table>{rows}</table><ul>{heads}</ul>"
+
+
+def find_runs(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[str]]:
+    """Run directories named by ``paths``: a directory with run.json is a run; one without stands
+    for the runs in its subdirectories (``runs/demo`` opens every demo run).
+
+    Returns:
+        ``(runs, problems)``: absolute run paths in the given order (duplicates dropped) and one
+        message per path that is neither a run nor holds runs.
+    """
+    runs: list[Path] = []
+    problems: list[str] = []
+    for raw in paths:
+        p = Path(raw).expanduser().resolve()
+        if (p / "run.json").is_file():
+            found = [p]
+        elif p.is_dir():
+            found = sorted(d for d in p.iterdir() if (d / "run.json").is_file())
+            if not found:
+                problems.append(f"{p} holds no run (no run.json in it or its subdirectories)")
+        else:
+            found = []
+            problems.append(f"{p} does not exist")
+        runs.extend(f for f in found if f not in runs)
+    return runs, problems

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from audit.runs import find_runs
+
 APP_FILE = Path(__file__).resolve().parent / "app.py"
 REPO_ROOT = APP_FILE.parent.parent
 DEMO_DIRS = (Path("runs/demo"), REPO_ROOT / "runs" / "demo")
@@ -33,29 +35,10 @@ class Startup:
 
 
 def expand_run_dirs(paths: list[Path]) -> tuple[list[str], list[str]]:
-    """Resolve run directories; a directory without run.json stands for its run subdirectories.
-
-    Returns:
-        ``(runs, problems)``: absolute run paths in the given order (duplicates dropped) and one
-        message per path that is neither a run nor holds runs.
-    """
-    runs: list[str] = []
-    problems: list[str] = []
-    for p in paths:
-        p = p.expanduser().resolve()
-        if (p / "run.json").is_file():
-            found = [p]
-        elif p.is_dir():
-            found = sorted(d for d in p.iterdir() if (d / "run.json").is_file())
-            if not found:
-                problems.append(f"{p} holds no run (no run.json in it or its subdirectories)")
-        else:
-            found = []
-            problems.append(f"{p} does not exist")
-        for f in found:
-            if str(f) not in runs:
-                runs.append(str(f))
-    return runs, problems
+    """Resolve run directories (:func:`audit.runs.find_runs`): a directory without run.json stands for
+    its run subdirectories. Returns ``(runs, problems)`` with the runs as strings."""
+    runs, problems = find_runs(paths)
+    return [str(r) for r in runs], problems
 
 
 def _script_args(argv: list[str]) -> list[str] | None:

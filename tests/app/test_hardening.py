@@ -22,8 +22,10 @@ labels:
 
 
 def _launch(monkeypatch: pytest.MonkeyPatch, *argv: str) -> list[str]:
+    import audit.dashboard_command as dc
+
     seen: list[list[str]] = []
-    monkeypatch.setattr(subprocess, "call", lambda cmd, env=None: seen.append(list(cmd)) or 0)
+    monkeypatch.setattr(dc, "run_forwarding_signals", lambda cmd: seen.append(list(cmd)) or 0)
     assert main(["dashboard", *argv]) == 0
     (cmd,) = seen
     return cmd
@@ -47,9 +49,44 @@ def test_dashboard_binds_localhost_and_caps_uploads(monkeypatch: pytest.MonkeyPa
 
 def test_dashboard_refuses_a_directory_that_is_not_a_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(subprocess, "call", lambda *a, **k: pytest.fail("server must not start"))
+    import audit.dashboard_command as dc
+
+    monkeypatch.setattr(dc, "run_forwarding_signals", lambda *a, **k: pytest.fail("server must not start"))
     assert main(["dashboard", str(tmp_path)]) == 2
-    assert "not a run directory" in capsys.readouterr().err
+    assert "holds no run (no run.json in it or its subdirectories)" in capsys.readouterr().err
+
+
+def test_dashboard_opens_every_run_of_a_parent_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    a, b = Run.create(tmp_path / "demo" / "a"), Run.create(tmp_path / "demo" / "b")
+    cmd = _launch(monkeypatch, str(tmp_path / "demo"))
+    assert cmd[cmd.index("--") + 1:] == [str(a.path.resolve()), str(b.path.resolve())]
+
+
+def test_stopping_the_dashboard_command_stops_the_server(tmp_path: Path) -> None:
+    """SIGTERM to `vision-audit dashboard` reaches the server it started, and the command waits for it."""
+    import os
+    import signal
+    import sys
+    import time
+
+    pidfile = tmp_path / "child.pid"
+    child = (f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(120)")
+    parent = subprocess.Popen([sys.executable, "-c", "import sys; from audit.dashboard_command import "
+                               f"run_forwarding_signals; sys.exit(run_forwarding_signals([sys.executable, '-c', {child!r}]))"])
+    deadline = time.monotonic() + 60
+    while not (pidfile.is_file() and pidfile.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child_pid = int(pidfile.read_text())
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=30) != 0  # the child's signal exit, passed on
+    for _ in range(100):  # the child is gone (reaped by the parent before it exited)
+        try:
+            os.kill(child_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the server child outlived the dashboard command")
 
 
 def test_uploaded_label_set_is_checked() -> None:
