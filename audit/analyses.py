@@ -248,7 +248,7 @@ def explanations(ctx: Context) -> None:
             kinds = sorted({problems[i].split(":")[0] for i in bad})
             ctx.notes.append(
                 f"Method {m}: {len(bad)} of {len(rows)} maps are not usable ({'; '.join(kinds)}), row ids "
-                f"{[int(rows[i]) for i in bad][:20]}{' …' if len(bad) > 20 else ''}; they are listed in the "
+                f"{[int(rows[i]) for i in bad]}; they are listed in the "
                 "map_quality table, left out of faithfulness and region statistics, and never drawn."
             )
         valid_by_method[m] = np.asarray([not p for p in problems])
@@ -505,8 +505,7 @@ def limitations(ctx: Context) -> list[str]:
             groups = sorted({f"{a}={g}" for a, g in zip(small["attribute"], small["group"])})
             out.append(
                 f"{len(groups)} group(s) fall below the minimum size ({ctx.config.stats.min_group_size}) for at least "
-                f"one metric and are left out of those comparisons: {', '.join(groups[:8])}"
-                + (" ..." if len(groups) > 8 else "")
+                f"one metric and are left out of those comparisons: {', '.join(groups)}"
             )
     if run.has_table("sanity"):
         s = run.table("sanity")

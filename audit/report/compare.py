@@ -335,8 +335,7 @@ def _limitations(s: ComparisonSummary) -> list[str]:
     small = sorted({f"{r.attribute}={r.group}" for r in s.rows if r.small})
     if small:
         out.append(f"{len(small)} group(s) below the minimum size {s.min_group_size} in at least one run are shown "
-                   f"but not used for worst-group values and gaps: {', '.join(small[:12])}"
-                   + (" ..." if len(small) > 12 else "") + ".")
+                   f"but not used for worst-group values and gaps: {', '.join(small)}.")
     out.append("Intervals of the differences come from independent resampling of the two runs; when both runs "
                "used the same images the interval is conservative (the pairing is ignored).")
     return out

@@ -82,7 +82,7 @@ def evaluation_parts(s: AuditSummary) -> dict[str, str]:
             f"{fmt(p.n_used, 'int')} images used of {fmt(p.n_rows, 'int')} rows, {fmt(p.n_skipped, 'int')} skipped.")
     if sparse:
         data += (f" {len(sparse)} group(s) have fewer than {p.min_group_size} images: "
-                 + md_escape(", ".join(f"{c.attribute}={c.group} (n={c.n})" for c in sparse[:10])) + ".")
+                 + md_escape(", ".join(f"{c.attribute}={c.group} (n={c.n})" for c in sparse)) + ".")
     factors = (f"Group columns: {md_escape(', '.join(p.group_columns))}, and their pairwise intersections. "
                f"Groups below {p.min_group_size} images are shown but not compared.")
     metrics = ("Accuracy and balanced accuracy per group with 95% bootstrap intervals (resampled within each group); "

@@ -21,8 +21,9 @@ def _styles() -> dict[str, Any]:
     ss = getSampleStyleSheet()
     return {
         "title": ss["Title"],
-        "h2": ParagraphStyle("h2", parent=ss["Heading2"], spaceBefore=10, spaceAfter=4),
-        "h3": ParagraphStyle("h3", parent=ss["Heading3"], spaceBefore=6, spaceAfter=3),
+        # a heading is never left alone at the foot of a page: it moves with what follows it
+        "h2": ParagraphStyle("h2", parent=ss["Heading2"], spaceBefore=10, spaceAfter=4, keepWithNext=1),
+        "h3": ParagraphStyle("h3", parent=ss["Heading3"], spaceBefore=6, spaceAfter=3, keepWithNext=1),
         "body": ParagraphStyle("body", parent=ss["BodyText"], fontSize=9, leading=11.5),
         "note": ParagraphStyle("note", parent=ss["BodyText"], fontSize=7.5, leading=9.5, textColor="#555555"),
         "cell": ParagraphStyle("cell", parent=ss["BodyText"], fontSize=6.8, leading=8),
@@ -239,7 +240,8 @@ def render_pdf(summary: AuditSummary, path: str | os.PathLike[str], *, figures: 
         story.append(_table(st, ["method", "step", "blocks re-initialised", "Spearman", "95% interval", "n", "result"],
                             [(r.method, fmt(r.step, "int"), r.randomized_blocks or "none (original)",
                               fmt(r.spearman), fmt_ci(r.ci_low, r.ci_high), fmt(r.n, "int"),
-                              "fails: still similar" if r.flagged else "") for r in s.sanity],
+                              "reference (original model)" if r.step == 0 else
+                              "fails: still similar" if r.flagged else "passes: maps change") for r in s.sanity],
                             width=W, shaded=[r.flagged for r in s.sanity]))
     else:
         story.append(P("The sanity check was not run.", st["body"]))

@@ -599,10 +599,9 @@ def _limitations(run: Run, s: AuditSummary) -> list[str]:
     ms = p.min_group_size
     sparse = [c for c in s.composition if c.sparse]
     if sparse:
-        shown = ", ".join(f"{c.attribute}={c.group} (n={c.n})" for c in sparse[:12])
-        more = f" and {len(sparse) - 12} more" if len(sparse) > 12 else ""
+        shown = ", ".join(f"{c.attribute}={c.group} (n={c.n})" for c in sparse)  # all of them: never cut
         out.append(f"{len(sparse)} group(s) have fewer than {ms} images and were not compared or ranked: "
-                   f"{shown}{more}.")
+                   f"{shown}.")
     small_cells = [r for r in s.performance if r.small and r.cls not in ("__all__", "__macro__")]
     if small_cells:
         out.append(f"{len(small_cells)} per-class rate(s) had fewer than {ms} cases in their denominator "
