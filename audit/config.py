@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from audit.errors import ConfigError
+from audit.stats.rules import ALPHA, MIN_GROUP_SIZE
 
 
 class _Strict(BaseModel):
@@ -141,15 +142,20 @@ class ExplainConfig(_Strict):
 Comparison = Literal["range", "pairwise", "one_vs_rest"]
 
 
+def _default_metrics() -> list[str]:
+    """Every metric of the table (audit/stats/metrics.py), in its order."""
+    from audit.stats.metrics import metric_names
+
+    return list(metric_names())
+
+
 class StatsConfig(_Strict):
-    min_group_size: int = Field(default=50, ge=1)
+    min_group_size: int = Field(default=MIN_GROUP_SIZE, ge=1)
     n_boot: int = Field(default=1000, ge=50)
     n_perm: int = Field(default=1000, ge=50)
-    alpha: float = Field(default=0.05, gt=0, lt=1)
+    alpha: float = Field(default=ALPHA, gt=0, lt=1)
     intersections: bool = True
-    metrics: list[str] = Field(
-        default_factory=lambda: ["accuracy", "balanced_accuracy", "tpr", "fnr", "fpr", "precision", "selection_rate", "ece"]
-    )
+    metrics: list[str] = Field(default_factory=_default_metrics)
     embeddings: bool = True
     #: which disparity families are tested: the max-min range over all groups (one test per
     #: attribute and metric), every pair of groups, and each group against the rest. Each row of
@@ -160,13 +166,14 @@ class StatsConfig(_Strict):
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, v: list[str]) -> list[str]:
-        from audit.stats.performance import METRICS
+        from audit.registry import METRICS  # filled by audit.stats.metrics on first use
 
-        bad = [m for m in v if m not in METRICS]
+        known = METRICS.names()
+        bad = [m for m in v if m not in known]
         if bad:
-            raise ValueError(f"unknown metric(s) {bad}; known: {list(METRICS)}")
+            raise ValueError(f"unknown metric(s) {bad}; known: {known}")
         if not v:
-            raise ValueError(f"name at least one metric; known: {list(METRICS)}")
+            raise ValueError(f"name at least one metric; known: {known}")
         return v
 
     @field_validator("comparisons")

@@ -46,6 +46,8 @@ import numpy as np
 import pandas as pd
 
 from audit.fmt import fmt
+from audit.stats.metrics import metric_definitions
+from audit.stats.rules import ALPHA, MIN_GROUP_SIZE
 
 FINDINGS_COLUMNS = [
     "rank", "kind", "attribute", "metric", "scope", "family", "worst_group", "best_group", "worst_value",
@@ -53,14 +55,15 @@ FINDINGS_COLUMNS = [
     "significant", "status", "effect", "source", "text",
 ]
 
-#: metrics for which a lower value is better (the worst group is the one with the highest value)
-LOWER_IS_BETTER = frozenset({"fnr", "fpr", "ece", "harmful_label_rate"})
+#: metrics for which a lower value is better (the worst group is the one with the highest value):
+#: the group metrics' direction comes from the metric table (audit/stats/metrics.py)
+LOWER_IS_BETTER = frozenset({d.name for d in metric_definitions() if d.higher_is_better is False}
+                            | {"harmful_label_rate"})
 #: metrics without a better direction: the two ends are "highest" and "lowest"
 NO_DIRECTION = frozenset({"selection_rate", "share"})
+#: display names: the group metrics' from the metric table, then the other analyses' metrics
 METRIC_NAMES = {
-    "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "tpr": "recall (TPR)",
-    "fnr": "miss rate (FNR)", "fpr": "false-positive rate", "precision": "precision",
-    "selection_rate": "selection rate", "ece": "calibration error (ECE)",
+    **{d.name: d.display_name for d in metric_definitions()},
     "harmful_label_rate": "harmful-label rate", "share": "share of predictions",
 }
 KIND_ORDER = ("performance", "calibration", "harmful_label", "association", "prediction_distribution",
@@ -68,7 +71,7 @@ KIND_ORDER = ("performance", "calibration", "harmful_label", "association", "pre
 #: what the model does to people and groups (its outputs) is read before how it does it (its
 #: representation and explanations): tier 0 kinds rank before tier 1 kinds of the same status
 OUTCOME_KINDS = frozenset({"performance", "calibration", "harmful_label", "association", "prediction_distribution"})
-DEFAULT_ALPHA = 0.05
+DEFAULT_ALPHA = ALPHA
 DEFAULT_HEADLINE = 5
 
 Tables = Mapping[str, pd.DataFrame]
@@ -534,7 +537,9 @@ def _effect(row: Mapping[str, Any]) -> float:
     return 0.0
 
 
-def build_findings(tables: Tables, *, alpha: float = DEFAULT_ALPHA, min_group_size: int = 50) -> pd.DataFrame:
+def build_findings(
+    tables: Tables, *, alpha: float = DEFAULT_ALPHA, min_group_size: int = MIN_GROUP_SIZE
+) -> pd.DataFrame:
     """The ranked ledger from a run's analysis tables (``{name: DataFrame}``; missing ones are skipped).
 
     Ranking: significant findings first (after each family's correction), then flagged methods,
@@ -594,7 +599,7 @@ def findings_for_run(run: Any) -> pd.DataFrame:
     tables = {t: run.table(t) for t in SOURCE_TABLES if run.has_table(t)}
     stats = (run.meta.get("config") or {}).get("stats") or {}
     return build_findings(tables, alpha=float(stats.get("alpha", DEFAULT_ALPHA)),
-                          min_group_size=int(stats.get("min_group_size", 50)))
+                          min_group_size=int(stats.get("min_group_size", MIN_GROUP_SIZE)))
 
 
 def headline(findings: pd.DataFrame, n: int = DEFAULT_HEADLINE) -> list[str]:

@@ -76,5 +76,5 @@ class Registry(Generic[T]):
 ADAPTERS: Registry = Registry("model family")
 #: explanation methods: name -> callable (see audit.explain)
 METHODS: Registry = Registry("explanation method", home="audit.explain")
-#: group metrics: name -> metric definition (see audit.stats)
-METRICS: Registry = Registry("metric")
+#: group metrics: name -> audit.stats.metrics.MetricDef (see audit.stats.metrics)
+METRICS: Registry = Registry("metric", home="audit.stats.metrics")

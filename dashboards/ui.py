@@ -17,6 +17,7 @@ import streamlit as st
 
 from audit.errors import AuditError
 from audit.runs import Run
+from audit.stats.rules import ALPHA, MIN_GROUP_SIZE
 from dashboards import cache, state
 
 if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: the first page draws none
@@ -46,7 +47,7 @@ def current_run() -> tuple[str, Run]:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def min_group_size(run: Run, default: int = 50) -> int:
+def min_group_size(run: Run, default: int = MIN_GROUP_SIZE) -> int:
     """The run's minimum group size (``config.stats.min_group_size``)."""
     stats = (run.meta.get("config") or {}).get("stats") or {}
     try:
@@ -55,7 +56,7 @@ def min_group_size(run: Run, default: int = 50) -> int:
         return default
 
 
-def alpha(run: Run, default: float = 0.05) -> float:
+def alpha(run: Run, default: float = ALPHA) -> float:
     """The run's significance level (``config.stats.alpha``)."""
     stats = (run.meta.get("config") or {}).get("stats") or {}
     try:

@@ -23,10 +23,11 @@ from pydantic import BaseModel, ConfigDict
 from audit.findings import headline, metric_key, summary_line
 from audit.fmt import fmt, fmt_ci
 from audit.runs import Run, utc_now
+from audit.stats.rules import ALPHA, MIN_GROUP_SIZE
 
 SUMMARY_SCHEMA_VERSION = 1
-DEFAULT_MIN_GROUP_SIZE = 50
-DEFAULT_ALPHA = 0.05
+DEFAULT_MIN_GROUP_SIZE = MIN_GROUP_SIZE  # one setting for every group statistic (audit/stats/rules.py)
+DEFAULT_ALPHA = ALPHA
 INTERSECTION_SEP = "×"
 
 Num = float | None

@@ -35,6 +35,7 @@ from audit.stats.resampling import (
     permutation_pvalue,
     wilson_interval,
 )
+from audit.stats.rules import ALPHA, MIN_GROUP_SIZE
 
 __all__ = [
     "ASSOCIATION_COLUMNS",
@@ -256,7 +257,7 @@ def zeroshot_label_distribution(
     interval: Literal["wilson", "bootstrap"] = "wilson",
     n_boot: int = 1000,
     seed: int = 0,
-    alpha: float = 0.05,
+    alpha: float = ALPHA,
 ) -> pd.DataFrame:
     """Share of images per group whose zero-shot top label is each label (table ``zeroshot_labels``).
 
@@ -308,10 +309,10 @@ def harmful_label_rates(
     group_cols: Sequence[str],
     label_set: str,
     harmful_kinds: Sequence[str] = ("harmful",),
-    min_group_size: int = 50,
+    min_group_size: int = MIN_GROUP_SIZE,
     n_boot: int = 1000,
     n_perm: int = 1000,
-    alpha: float = 0.05,
+    alpha: float = ALPHA,
     seed: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Harmful zero-shot label rate per group and its max-min gap test (Agarwal et al. 2021).

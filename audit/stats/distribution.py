@@ -34,6 +34,7 @@ import pandas as pd
 from audit.stats.intervals import group_intervals, range_interval
 from audit.stats.multiple import holm
 from audit.stats.resampling import as_rng, hypergeometric_permutation, multinomial_bootstrap
+from audit.stats.rules import ALPHA, MIN_GROUP_SIZE
 
 __all__ = ["DISTRIBUTION_COLUMNS", "PREDICTION_DISPARITY_COLUMNS", "prediction_distribution"]
 
@@ -94,10 +95,10 @@ def prediction_distribution(
     group_cols: Sequence[str],
     pred_col: str = "pred",
     classes: Sequence[str] | None = None,
-    min_group_size: int = 50,
+    min_group_size: int = MIN_GROUP_SIZE,
     n_boot: int = 1000,
     n_perm: int = 1000,
-    alpha: float = 0.05,
+    alpha: float = ALPHA,
     seed: int = 0,
     max_perm: int = 100_000,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:

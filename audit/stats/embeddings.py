@@ -31,6 +31,7 @@ from audit.stats.resampling import (
     percentile_ci,
     permutation_pvalue,
 )
+from audit.stats.rules import ALPHA, MIN_GROUP_SIZE
 
 __all__ = [
     "EMBEDDING_DISTANCE_COLUMNS",
@@ -112,9 +113,9 @@ def embedding_group_stats(
     group_cols: Sequence[str],
     n_perm: int = 1000,
     n_boot: int = 1000,
-    alpha: float = 0.05,
+    alpha: float = ALPHA,
     seed: int = 0,
-    min_group_size: int = 50,
+    min_group_size: int = MIN_GROUP_SIZE,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-group dispersion and between-group centroid distances (tables ``embedding_groups``,
     ``embedding_distances``).
@@ -228,7 +229,7 @@ def linear_probe(
     max_rows: int = 20_000,
     pca_dim: int = 64,
     ridge: float = 1.0,
-    alpha: float = 0.05,
+    alpha: float = ALPHA,
     seed: int = 0,
     min_group_size: int = 1,
 ) -> pd.DataFrame:

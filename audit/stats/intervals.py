@@ -55,6 +55,7 @@ import numpy as np
 from scipy import stats as _st
 
 from audit.stats.resampling import wilson_interval
+from audit.stats.rules import ALPHA
 
 __all__ = [
     "difference_interval",
@@ -162,7 +163,7 @@ def range_interval(
     values: np.ndarray,
     replicates: np.ndarray,
     *,
-    alpha: float = 0.05,
+    alpha: float = ALPHA,
     score_parts: ScoreParts | None = None,
     bounds: tuple[float, float] = (0.0, 1.0),
 ) -> tuple[float, float]:
@@ -201,7 +202,7 @@ def ratio_interval(
     values: np.ndarray,
     replicates: np.ndarray,
     *,
-    alpha: float = 0.05,
+    alpha: float = ALPHA,
     score_parts: ScoreParts | None = None,
     bounds: tuple[float, float] = (0.0, 1.0),
 ) -> tuple[float, float]:
@@ -236,7 +237,7 @@ def difference_interval(
     values: np.ndarray,
     replicates: np.ndarray,
     *,
-    alpha: float = 0.05,
+    alpha: float = ALPHA,
     score_parts: ScoreParts | None = None,
     bounds: tuple[float, float] = (0.0, 1.0),
 ) -> tuple[float, float]:

@@ -21,6 +21,7 @@ import pandas as pd
 from audit.errors import UsageError
 from audit.stats.intervals import range_interval
 from audit.stats.resampling import as_rng, index_bootstrap_weights, percentile_ci, permutation_pvalue
+from audit.stats.rules import ALPHA, MIN_GROUP_SIZE
 
 __all__ = ["REGION_MASS_COLUMNS", "mass_in_region", "paired_mass_test", "region_mass_by_group"]
 
@@ -72,9 +73,9 @@ def region_mass_by_group(
     method: str,
     n_boot: int = 1000,
     n_perm: int = 1000,
-    alpha: float = 0.05,
+    alpha: float = ALPHA,
     seed: int = 0,
-    min_group_size: int = 50,
+    min_group_size: int = MIN_GROUP_SIZE,
 ) -> pd.DataFrame:
     """Mean share of map mass inside the object region per group (table ``region_mass``).
 

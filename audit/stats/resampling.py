@@ -18,6 +18,8 @@ from typing import Literal
 import numpy as np
 from scipy import stats as _st
 
+from audit.stats.rules import ALPHA
+
 __all__ = [
     "as_rng",
     "clopper_pearson_interval",
@@ -138,7 +140,7 @@ def index_bootstrap_weights(
     return w.reshape(int(n_boot), n).astype(np.int32)
 
 
-def percentile_ci(samples: np.ndarray, *, alpha: float = 0.05, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def percentile_ci(samples: np.ndarray, *, alpha: float = ALPHA, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval (alpha/2, 1 - alpha/2) of replicates along ``axis``, ignoring NaN.
 
     Replicates that are NaN (an empty denominator in a resample) are dropped; where all
@@ -243,7 +245,7 @@ def permutation_counts(
     return greater.sum(axis=axis), tied.sum(axis=axis), valid.sum(axis=axis)
 
 
-def wilson_interval(k: np.ndarray | int, n: np.ndarray | int, *, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+def wilson_interval(k: np.ndarray | int, n: np.ndarray | int, *, alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray]:
     """Wilson score interval for a binomial proportion k/n (NaN where n == 0)."""
     k = np.asarray(k, dtype=np.float64)
     n = np.asarray(n, dtype=np.float64)
@@ -259,7 +261,7 @@ def wilson_interval(k: np.ndarray | int, n: np.ndarray | int, *, alpha: float = 
 
 
 def clopper_pearson_interval(
-    k: np.ndarray | int, n: np.ndarray | int, *, alpha: float = 0.05
+    k: np.ndarray | int, n: np.ndarray | int, *, alpha: float = ALPHA
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact (Clopper-Pearson) binomial interval via beta quantiles (NaN where n == 0)."""
     k = np.asarray(k, dtype=np.float64)

@@ -320,7 +320,7 @@ def test_ece_resamples_rows_so_an_all_correct_group_has_an_interval():
 
 
 def test_ece_cell_approximation_matches_exact_row_resampling(monkeypatch):
-    from audit.stats import performance
+    from audit.stats import counts as performance  # the count engine (ECE_EXACT_ROW_DRAWS) lives there
 
     df = _random_preds(6000, seed=4)
     out = {}
@@ -342,13 +342,13 @@ def test_ece_resampling_memory_is_bounded(monkeypatch):
     """200k rows x 1000 replicates must not hold 200M values at once (the exact path is chunked, too)."""
     import tracemalloc
 
-    from audit.stats import performance
+    from audit.stats import counts as performance  # the count engine lives there
 
     df = _random_preds(200_000, seed=6)
-    prep = performance._prepare(df, group_cols=["bg"], label_col="label", pred_col="pred", score_col="score",
+    prep = performance.prepare(df, group_cols=["bg"], label_col="label", pred_col="pred", score_col="score",
                                 metrics=("ece",), classes="none", pos_label=None)
-    codes, names = performance._group_codes(prep.df, ("bg",))
-    eng = performance._Engine(prep, codes, len(names), 15)
+    codes, names = performance.group_codes(prep.df, ("bg",))
+    eng = performance.Engine(prep, codes, len(names), 15)
     key = ("ece", "__all__")
     for limit, n_rep in ((performance.ECE_EXACT_ROW_DRAWS, 1000), (10**15, 100)):
         monkeypatch.setattr(performance, "ECE_EXACT_ROW_DRAWS", limit)
