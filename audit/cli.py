@@ -47,8 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--report", action="store_true", help="also write the report when the run completes")
 
     e = sub.add_parser("explain", help="explain images with one or more methods; writes a PNG grid")
-    e.add_argument("images", nargs="+", type=Path)
-    e.add_argument("--model", required=True, help="model spec, e.g. timm:vit_base_patch16_224 or zoo:vit-biased")
+    e.add_argument("images", nargs="*", type=Path, help="image files (required unless --list-methods)")
+    e.add_argument("--model", help="model spec, e.g. timm:vit_base_patch16_224 or zoo:vit-biased "
+                                   "(required unless --list-methods)")
+    e.add_argument("--list-methods", action="store_true",
+                   help="list every explanation method with its metadata (target-free, needs attention, gradient)")
+    e.set_defaults(explain_usage_error=e.error)
     e.add_argument("--checkpoint", type=Path)
     pe = e.add_argument_group("model loading and preprocessing (as model.* in a run config; default: the "
                               "checkpoint's own record, else the family's config for the architecture)")
@@ -131,8 +135,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "run":
         return _cmd_run(args)
     if cmd == "explain":
-        from audit.explain_cli import explain_images, model_args_from_cli
+        from audit.explain_cli import explain_images, model_args_from_cli, print_methods
 
+        if args.list_methods:
+            return print_methods()
+        missing = [n for n, v in (("images", args.images), ("--model", args.model)) if not v]
+        if missing:
+            args.explain_usage_error(f"the following arguments are required: {', '.join(missing)}")
         return explain_images(
             args.images, model=args.model, checkpoint=args.checkpoint, methods=args.method.split(","),
             target=args.target, prompt=args.prompt, out=args.out, steps=args.steps, device=args.device,
@@ -169,13 +178,22 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_models() -> int:
+    """Every registered family: description, kind, example specs, local weights, applicable methods."""
+    from audit.explain.api import list_methods
     from audit.models import list_families
 
+    pad = f"{'':<10}   "
     for fam in list_families():
         print(f"{fam['family']:<10} {fam['description']}")
+        attention = "exposes attention" if fam.get("attention") else "no attention capture"
+        print(f"{pad}kind: {fam.get('kind')}; {attention}")
         for ex in fam.get("examples", []):
-            print(f"{'':<10}   {ex}")
+            print(f"{pad}{ex}")
+        if fam.get("checkpoint_help"):
+            print(f"{pad}local weights: {fam['checkpoint_help']}")
+        print(f"{pad}methods: {', '.join(list_methods(family=fam['family']))}")
     print("\nA local checkpoint: add --checkpoint PATH (a .safetensors file; for hf: a saved model directory).")
+    print("Methods and what they need: vision-audit explain --list-methods")
     return EXIT_OK
 
 

@@ -69,6 +69,29 @@ def _yaml_scalar(raw: str, item: str) -> Any:
         raise UsageError(f"--option {item!r}: the value is not a YAML scalar ({e})") from None
 
 
+def print_methods() -> int:
+    """``vision-audit explain --list-methods``: one line per registered method with its metadata.
+
+    Columns: the method, ``target`` (``ignored`` for target-free methods, else ``used``),
+    ``attention`` (``needs`` when the family must expose attention probabilities), ``gradient``
+    (``yes`` when it backpropagates), ``families`` (``all`` unless the registration names some),
+    and the description.
+    """
+    from audit.explain.api import method_metadata
+
+    rows = method_metadata()
+    width = max([len("method"), *(len(r["name"]) for r in rows)])
+    print(f"{'method':<{width}}  {'target':<7}  {'attention':<9}  {'gradient':<8}  {'families':<10}  description")
+    for r in rows:
+        fams = ",".join(r["families"]) if r.get("families") else "all"
+        print(f"{r['name']:<{width}}  {'ignored' if r['target_free'] else 'used':<7}  "
+              f"{'needs' if r['needs_attention'] else '-':<9}  {'yes' if r['gradient'] else 'no':<8}  "
+              f"{fams:<10}  {r.get('description', '')}")
+    print("\ntarget ignored = target-free (the map does not depend on the class or prompt); attention needs = the "
+          "model family must expose attention (vision-audit models lists the methods per family)")
+    return 0
+
+
 def _print_preprocessing(pp: Any, sizes: Sequence[tuple[int, int]], names: Sequence[str]) -> None:
     """The resolved preprocessing and its sources (one line), then the warnings a run would record."""
     print(f"preprocessing: {pp.describe()}", file=sys.stderr)

@@ -7,6 +7,7 @@ missing). Bind to 127.0.0.1 unless you mean to share the results (``vision-audit
 
 from __future__ import annotations
 
+import ast
 import sys
 from pathlib import Path
 
@@ -21,14 +22,31 @@ from dashboards.ui import esc
 
 st.set_page_config(page_title="vision-audit", layout="wide")
 
-PAGES = [
-    st.Page("pages/overview.py", title="Overview", default=True),
-    st.Page("pages/explain.py", title="Explain"),
-    st.Page("pages/groups.py", title="Groups"),
-    st.Page("pages/embeddings.py", title="Embeddings"),
-    st.Page("pages/clip_probe.py", title="CLIP probe"),
-    st.Page("pages/compare.py", title="Compare"),
-]
+PAGES_DIR = Path(__file__).resolve().parent / "pages"
+
+
+def page_entries() -> list[tuple[int, str, str]]:
+    """``(order, title, "pages/<file>.py")`` of every page in dashboards/pages/, in navigation order.
+
+    A page says where it goes with two module-level constants, ``NAV_ORDER`` (an int; the lowest is
+    the default page) and ``NAV_TITLE``; they are read from its source without running it. A page
+    without them comes last, titled after its file name.
+    """
+    out = []
+    for path in sorted(PAGES_DIR.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        found = {}
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                    and node.targets[0].id in ("NAV_ORDER", "NAV_TITLE"):
+                found[node.targets[0].id] = ast.literal_eval(node.value)
+        title = str(found.get("NAV_TITLE", path.stem.replace("_", " ").capitalize()))
+        out.append((int(found.get("NAV_ORDER", 10_000)), title, f"pages/{path.name}"))
+    return sorted(out)
+
+
+PAGES = [st.Page(page, title=title, default=i == 0) for i, (_, title, page) in enumerate(page_entries())]
 nav = st.navigation(PAGES)
 
 startup = state.startup()

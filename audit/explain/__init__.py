@@ -1,9 +1,11 @@
 """Explanation maps for ViT and CLIP: attention (raw, rollout, GAE), Grad-CAM, captum methods.
 
 Every method is registered in :data:`audit.registry.METHODS` with the signature
-``fn(adapter, images, *, target=None, **params) -> Tensor (B, gh, gw)``; :func:`explain` runs
-one and wraps the result in an :class:`Explanation`. Modules that register methods are imported
-lazily (on first use of the registry) so ``import audit`` stays light.
+``fn(adapter, images, *, target=None, **params) -> Tensor (B, gh, gw)`` and its metadata
+(``target_free``, ``needs_attention``, ``gradient``, ``families``, ``description``);
+:func:`explain` runs one and wraps the result in an :class:`Explanation`. The registry finds the
+methods itself: on its first use it imports every module of this package (``home="audit.explain"``),
+so a new file here that registers is a new method, and ``import audit`` stays light.
 """
 
 from __future__ import annotations
@@ -13,30 +15,10 @@ import sys
 import types
 from typing import Any
 
-from audit.registry import METHODS
-
-_METHOD_MODULES = (
-    "audit.explain.attention",
-    "audit.explain.gae",
-    "audit.explain.gradcam",
-    "audit.explain.captum_methods",
-)
-
-
-def _register_builtin() -> None:
-    for mod in _METHOD_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:  # a method module that is not part of this installation
-            if e.name != mod:
-                raise
-
-
-METHODS.add_loader(_register_builtin)
-
 _LAZY = {
     "explain": "audit.explain.api",
     "list_methods": "audit.explain.api",
+    "method_metadata": "audit.explain.api",
     "Explanation": "audit.explain.types",
     "Target": "audit.explain.targets",
     "ClassTarget": "audit.explain.targets",

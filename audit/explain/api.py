@@ -22,19 +22,49 @@ import torch
 from audit.errors import ExplainError, UsageError
 from audit.explain.targets import Target, default_target
 from audit.explain.types import Explanation, collect_extras
-from audit.registry import METHODS
+from audit.registry import ADAPTERS, METHODS
 
 if TYPE_CHECKING:
     from audit.models.base import Adapter
 
 
-#: methods known to ignore the target (a method can also say so with ``fn.target_free = True``)
-_TARGET_FREE = frozenset({"rollout", "attention"})
+def list_methods(*, family: str | None = None) -> list[str]:
+    """Names of every registered explanation method, or of those that apply to model ``family``.
+
+    A method applies to a family unless its registration names other ``families``, or it
+    ``needs_attention`` and the family's registration does not expose ``attention``.
+
+    Example:
+        >>> "rollout" in list_methods(family="timm")
+        True
+    """
+    names = METHODS.names()
+    if family is None:
+        return names
+    return [m for m in names if method_applies(m, family)]
 
 
-def list_methods() -> list[str]:
-    """Names of every registered explanation method."""
-    return METHODS.names()
+def method_applies(method: str, family: str) -> bool:
+    """Whether ``method`` applies to model family ``family`` (see :func:`list_methods`)."""
+    meta = METHODS.meta(method)
+    families = meta.get("families")
+    if families is not None and family not in families:
+        return False
+    return not (meta.get("needs_attention") and not ADAPTERS.meta(family).get("attention"))
+
+
+def method_metadata() -> list[dict[str, Any]]:
+    """One dict per registered method: ``name`` and its metadata (``target_free``,
+    ``needs_attention``, ``gradient``, ``families`` (None: every family), ``description``; the
+    description defaults to the first line of the function's docstring)."""
+    out = []
+    for name in METHODS.names():
+        meta = METHODS.meta(name)
+        if not meta.get("description"):
+            doc = (getattr(METHODS.get(name), "__doc__", None) or "").strip()
+            meta["description"] = doc.splitlines()[0] if doc else ""
+        out.append({"name": name, **meta})
+    return out
 
 
 def explain(
@@ -75,7 +105,7 @@ def explain(
         ExplainError: the method cannot run with this model/target/parameters.
     """
     fn = METHODS.get(method)
-    uses_target = not (getattr(fn, "target_free", False) or method in _TARGET_FREE)
+    uses_target = not METHODS.meta(method)["target_free"]
     if images.dim() != 4 or images.shape[1] != 3:
         raise ExplainError(f"images must be (B, 3, H, W) normalised tensors; got shape {tuple(images.shape)}")
     size = (int(images.shape[-2]), int(images.shape[-1]))

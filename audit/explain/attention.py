@@ -180,7 +180,10 @@ def attention_rollout(
     return rollout(atts, layout, head_fusion=head_fusion, discard_ratio=discard_ratio, start_layer=start_layer)
 
 
-@METHODS.register("rollout")
+@METHODS.register(
+    "rollout", target_free=True, needs_attention=True, gradient=False,
+    description="attention rollout (Abnar & Zuidema): attention multiplied through the blocks, class-agnostic",
+)
 def rollout_method(
     adapter: Adapter,
     images: torch.Tensor,
@@ -196,7 +199,10 @@ def rollout_method(
     )
 
 
-@METHODS.register("attention")
+@METHODS.register(
+    "attention", target_free=True, needs_attention=True, gradient=False,
+    description="raw attention of the pooled token in one block (default: the last), mean over heads",
+)
 def attention_method(
     adapter: Adapter,
     images: torch.Tensor,

@@ -21,6 +21,8 @@ gaussian; or a tensor broadcastable to the input.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -133,237 +135,153 @@ def _setup(adapter: Adapter, images: torch.Tensor, target: Target | None, name: 
     return fwd, tgt, images.detach().clone().requires_grad_(True)
 
 
-# -- raw attribution calls (return captum's (B, 3, H, W) attributions) --------------------------
-def ig_attr(
-    adapter: Adapter,
-    images: torch.Tensor,
-    *,
-    target: Target | None = None,
-    baseline: BaselineKind | torch.Tensor = "black",
-    n_steps: int = 50,
-    method: Literal[
-        "riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre"
-    ] = "gausslegendre",
-    internal_batch_size: int | None = None,
-    blur_sigma: float | None = None,
-) -> torch.Tensor:
-    """captum ``IntegratedGradients`` attributions ``(B, 3, H, W)``."""
-    from captum.attr import IntegratedGradients
+# -- the table: one row per captum method -----------------------------------------------------
+@dataclass(frozen=True)
+class CaptumMethod:
+    """One captum attribution method as vision-audit calls it.
 
-    fwd, tgt, x = _setup(adapter, images, target, "ig")
-    base = make_baseline(adapter, x, baseline, blur_sigma=blur_sigma)
-    return IntegratedGradients(fwd).attribute(
-        x, baselines=base, target=tgt, n_steps=n_steps, method=method, internal_batch_size=internal_batch_size
-    )
+    ``Method(forward).attribute(x, target=..., **params)`` with ``params`` = the row's defaults
+    updated by the caller's; ``baseline`` adds ``baselines=make_baseline(baseline, blur_sigma)``;
+    ``window="patch"`` adds one-patch ``sliding_window_shapes``/``strides``, ``"mask"`` the patch
+    ``feature_mask``; ``noise_tunnel`` wraps the row named by ``base`` in captum's ``NoiseTunnel``,
+    passing it those of its own parameters this row also takes.
+    """
 
+    name: str
+    captum: str  # class in captum.attr
+    params: Mapping[str, Any]  # attribute() keywords and their defaults
+    reduce: Reduce  # default patch reduction (a noise tunnel uses its base's)
+    doc: str
+    baseline: bool = False  # takes baseline= / blur_sigma=, passed as baselines=
+    expand_baseline: bool = False  # a baseline whose batch is neither 1 nor B is expanded to the input
+    window: Literal["patch", "mask"] | None = None
+    noise_tunnel: bool = False
+    gradient: bool = True
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # closed choices of a parameter
 
-def gradient_shap_attr(
-    adapter: Adapter,
-    images: torch.Tensor,
-    *,
-    target: Target | None = None,
-    baseline: BaselineKind | torch.Tensor = "black",
-    n_samples: int = 16,
-    stdevs: float = 0.0,
-    blur_sigma: float | None = None,
-) -> torch.Tensor:
-    """captum ``GradientShap`` attributions ``(B, 3, H, W)`` (random: seed it, ``explain`` does)."""
-    from captum.attr import GradientShap
-
-    fwd, tgt, x = _setup(adapter, images, target, "gradient_shap")
-    base = make_baseline(adapter, x, baseline, blur_sigma=blur_sigma)
-    if base.shape[0] != x.shape[0] and base.shape[0] != 1:
-        base = base.expand_as(x)
-    return GradientShap(fwd).attribute(x, baselines=base, n_samples=n_samples, stdevs=stdevs, target=tgt)
+    def accepts(self) -> tuple[str, ...]:
+        """The parameter names a caller may give (besides ``target`` and ``reduce``)."""
+        extra = ("baseline", "blur_sigma") if self.baseline else ()
+        return (*self.params, *extra)
 
 
-def saliency_attr(
-    adapter: Adapter, images: torch.Tensor, *, target: Target | None = None, abs: bool = True
-) -> torch.Tensor:
-    """captum ``Saliency`` attributions ``(B, 3, H, W)``."""
-    from captum.attr import Saliency
+_IG_RULES = ("riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
-    fwd, tgt, x = _setup(adapter, images, target, "saliency")
-    return Saliency(fwd).attribute(x, target=tgt, abs=abs)
+CAPTUM_METHODS: tuple[CaptumMethod, ...] = (
+    CaptumMethod("ig", "IntegratedGradients",
+                 {"n_steps": 50, "method": "gausslegendre", "internal_batch_size": None}, "sum",
+                 "Integrated Gradients, signed patch sums (completeness: the grid sums to f(x) - f(baseline))",
+                 baseline=True, choices={"method": _IG_RULES}),
+    CaptumMethod("gradient_shap", "GradientShap", {"n_samples": 16, "stdevs": 0.0}, "sum",
+                 "GradientShap, signed patch sums (random: seeded by explain)", baseline=True, expand_baseline=True),
+    CaptumMethod("saliency", "Saliency", {"abs": True}, "abs_sum", "Saliency (|gradient|), summed per patch"),
+    CaptumMethod("input_x_gradient", "InputXGradient", {}, "sum", "Input x Gradient, signed patch sums"),
+    CaptumMethod("smoothgrad", "NoiseTunnel",
+                 {"base": "saliency", "nt_type": "smoothgrad", "nt_samples": 16, "stdevs": 0.15,
+                  "nt_samples_batch_size": None, "n_steps": 50, "baseline": "black", "internal_batch_size": None},
+                 "abs_sum", "NoiseTunnel (SmoothGrad) around base= saliency, input_x_gradient or ig "
+                 "(stdevs in normalised input units)", noise_tunnel=True,
+                 choices={"base": ("saliency", "input_x_gradient", "ig"),
+                          "nt_type": ("smoothgrad", "smoothgrad_sq", "vargrad")}),
+    CaptumMethod("occlusion", "Occlusion", {"perturbations_per_eval": 1}, "mean",
+                 "patch occlusion: per patch, the score drop when it is replaced by the baseline",
+                 baseline=True, window="patch", gradient=False),
+    CaptumMethod("feature_ablation", "FeatureAblation", {"perturbations_per_eval": 1}, "mean",
+                 "patch ablation (FeatureAblation with one feature per patch): per-patch score drop",
+                 baseline=True, window="mask", gradient=False),
+)
+_BY_NAME = {row.name: row for row in CAPTUM_METHODS}
 
 
-def input_x_gradient_attr(
-    adapter: Adapter, images: torch.Tensor, *, target: Target | None = None
-) -> torch.Tensor:
-    """captum ``InputXGradient`` attributions ``(B, 3, H, W)``."""
-    from captum.attr import InputXGradient
-
-    fwd, tgt, x = _setup(adapter, images, target, "input_x_gradient")
-    return InputXGradient(fwd).attribute(x, target=tgt)
-
-
-SmoothBase = Literal["saliency", "input_x_gradient", "ig"]
-
-
-def smoothgrad_attr(
-    adapter: Adapter,
-    images: torch.Tensor,
-    *,
-    target: Target | None = None,
-    base: SmoothBase = "saliency",
-    nt_type: Literal["smoothgrad", "smoothgrad_sq", "vargrad"] = "smoothgrad",
-    nt_samples: int = 16,
-    stdevs: float = 0.15,
-    nt_samples_batch_size: int | None = None,
-    n_steps: int = 50,
-    baseline: BaselineKind | torch.Tensor = "black",
-    internal_batch_size: int | None = None,
-) -> torch.Tensor:
-    """captum ``NoiseTunnel`` around ``base`` (``stdevs`` in normalised input units), ``(B, 3, H, W)``."""
-    from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Saliency
-
-    fwd, tgt, x = _setup(adapter, images, target, "smoothgrad")
-    extra: dict[str, Any] = {}
-    if base == "saliency":
-        inner: Any = Saliency(fwd)
-    elif base == "input_x_gradient":
-        inner = InputXGradient(fwd)
-    elif base == "ig":
-        inner = IntegratedGradients(fwd)
-        extra = {
-            "baselines": make_baseline(adapter, x, baseline),
-            "n_steps": n_steps,
-            "internal_batch_size": internal_batch_size,
-        }
-    else:
+def _params(row: CaptumMethod, given: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(given) - set(row.accepts()))
+    if unknown:
         raise ExplainError(
-            f"smoothgrad base {base!r} is not supported; use 'saliency', 'input_x_gradient' or 'ig'"
+            f"method {row.name!r} has no parameter(s) {unknown}; its parameters: {', '.join(row.accepts())}"
         )
-    return NoiseTunnel(inner).attribute(
-        x,
-        nt_type=nt_type,
-        nt_samples=nt_samples,
-        stdevs=stdevs,
-        nt_samples_batch_size=nt_samples_batch_size,
-        target=tgt,
-        **extra,
+    out = {**row.params, **({"baseline": "black", "blur_sigma": None} if row.baseline else {}), **given}
+    for key, allowed in row.choices.items():
+        if out[key] not in allowed:
+            raise ExplainError(
+                f"{row.name} {key} {out[key]!r} is not supported; use " + ", ".join(repr(a) for a in allowed)
+            )
+    return out
+
+
+def attribute(
+    name: str, adapter: Adapter, images: torch.Tensor, *, target: Target | None = None, **params: Any
+) -> torch.Tensor:
+    """captum attributions ``(B, 3, H, W)`` of the table's method ``name`` (see :class:`CaptumMethod`)."""
+    import captum.attr
+
+    row = _BY_NAME[name]
+    p = _params(row, params)
+    fwd, tgt, x = _setup(adapter, images, target, name)
+    kw: dict[str, Any] = {"target": tgt}
+    if row.noise_tunnel:
+        inner = _BY_NAME[p.pop("base")]
+        method: Any = captum.attr.NoiseTunnel(getattr(captum.attr, inner.captum)(fwd))
+        if inner.baseline:
+            kw["baselines"] = make_baseline(adapter, x, p["baseline"])
+        kw.update({k: p[k] for k in inner.params if k in p})
+        kw.update({k: p[k] for k in ("nt_type", "nt_samples", "stdevs", "nt_samples_batch_size")})
+        return method.attribute(x, **kw)
+    method = getattr(captum.attr, row.captum)(fwd)
+    if row.baseline:
+        base_t = make_baseline(adapter, x, p.pop("baseline"), blur_sigma=p.pop("blur_sigma"))
+        if row.expand_baseline and base_t.shape[0] not in (x.shape[0], 1):
+            base_t = base_t.expand_as(x)
+        kw["baselines"] = base_t
+    size = tuple(x.shape[-2:])
+    if row.window == "patch":
+        ph, pw = patch_size(adapter.token_layout(size), size)
+        kw["sliding_window_shapes"] = kw["strides"] = (3, ph, pw)
+    elif row.window == "mask":
+        kw["feature_mask"] = patch_feature_mask(adapter.token_layout(size), size, x.device)
+    return method.attribute(x, **kw, **p)
+
+
+def _attribution_fn(row: CaptumMethod) -> Callable[..., torch.Tensor]:
+    def fn(adapter: Adapter, images: torch.Tensor, *, target: Target | None = None, **params: Any) -> torch.Tensor:
+        return attribute(row.name, adapter, images, target=target, **params)
+
+    fn.__name__ = fn.__qualname__ = f"{row.name}_attr"
+    defaults = ", ".join(f"{k}={v!r}" for k, v in {**row.params, **(
+        {"baseline": "black", "blur_sigma": None} if row.baseline else {})}.items())
+    fn.__doc__ = f"captum ``{row.captum}`` attributions ``(B, 3, H, W)``: {row.doc}. Parameters: {defaults or 'none'}."
+    return fn
+
+
+def _method_fn(row: CaptumMethod) -> Callable[..., torch.Tensor]:
+    def fn(
+        adapter: Adapter, images: torch.Tensor, *, target: Target | None = None, reduce: Reduce | None = None,
+        **params: Any,
+    ) -> torch.Tensor:
+        if reduce is None:
+            inner = _BY_NAME.get(params.get("base", row.params.get("base", "")), row)
+            reduce = inner.reduce if row.noise_tunnel else row.reduce
+        attr = attribute(row.name, adapter, images, target=target, **params)
+        return _finish(attr, images, adapter, reduce)
+
+    fn.__name__ = fn.__qualname__ = f"{row.name}_method"
+    fn.__doc__ = f"{row.doc[0].upper()}{row.doc[1:]}; ``(B, gh, gw)``. Parameters: see :func:`{row.name}_attr`."
+    return fn
+
+
+# -- registry entries: (B, gh, gw), one per row ------------------------------------------------
+ATTRIBUTIONS: dict[str, Callable[..., torch.Tensor]] = {}
+MAP_METHODS: dict[str, Callable[..., torch.Tensor]] = {}
+for _row in CAPTUM_METHODS:
+    ATTRIBUTIONS[_row.name] = _attribution_fn(_row)
+    MAP_METHODS[_row.name] = METHODS.register(
+        _row.name, _method_fn(_row), gradient=_row.gradient, description=_row.doc, captum=_row.captum
     )
 
-
-def occlusion_attr(
-    adapter: Adapter,
-    images: torch.Tensor,
-    *,
-    target: Target | None = None,
-    baseline: BaselineKind | torch.Tensor = "black",
-    perturbations_per_eval: int = 1,
-    blur_sigma: float | None = None,
-) -> torch.Tensor:
-    """captum ``Occlusion`` with window = stride = one patch (aligned with the model's tokens)."""
-    from captum.attr import Occlusion
-
-    fwd, tgt, x = _setup(adapter, images, target, "occlusion")
-    ph, pw = patch_size(adapter.token_layout(tuple(x.shape[-2:])), tuple(x.shape[-2:]))
-    base = make_baseline(adapter, x, baseline, blur_sigma=blur_sigma)
-    return Occlusion(fwd).attribute(
-        x,
-        sliding_window_shapes=(3, ph, pw),
-        strides=(3, ph, pw),
-        baselines=base,
-        target=tgt,
-        perturbations_per_eval=perturbations_per_eval,
-    )
-
-
-def feature_ablation_attr(
-    adapter: Adapter,
-    images: torch.Tensor,
-    *,
-    target: Target | None = None,
-    baseline: BaselineKind | torch.Tensor = "black",
-    perturbations_per_eval: int = 1,
-    blur_sigma: float | None = None,
-) -> torch.Tensor:
-    """captum ``FeatureAblation`` with one feature per model patch (``patch_feature_mask``)."""
-    from captum.attr import FeatureAblation
-
-    fwd, tgt, x = _setup(adapter, images, target, "feature_ablation")
-    mask = patch_feature_mask(adapter.token_layout(tuple(x.shape[-2:])), tuple(x.shape[-2:]), x.device)
-    base = make_baseline(adapter, x, baseline, blur_sigma=blur_sigma)
-    return FeatureAblation(fwd).attribute(
-        x, baselines=base, target=tgt, feature_mask=mask, perturbations_per_eval=perturbations_per_eval
-    )
-
-
-# -- registry entries: (B, gh, gw) ---------------------------------------------------------------
-@METHODS.register("ig")
-def ig_method(
-    adapter: Adapter, images: torch.Tensor, *, target: Target | None = None, reduce: Reduce = "sum", **kw: Any
-) -> torch.Tensor:
-    """Integrated Gradients, signed patch sums. Parameters: see :func:`ig_attr`."""
-    return _finish(ig_attr(adapter, images, target=target, **kw), images, adapter, reduce)
-
-
-@METHODS.register("gradient_shap")
-def gradient_shap_method(
-    adapter: Adapter, images: torch.Tensor, *, target: Target | None = None, reduce: Reduce = "sum", **kw: Any
-) -> torch.Tensor:
-    """GradientShap, signed patch sums. Parameters: see :func:`gradient_shap_attr`."""
-    return _finish(gradient_shap_attr(adapter, images, target=target, **kw), images, adapter, reduce)
-
-
-@METHODS.register("saliency")
-def saliency_method(
-    adapter: Adapter,
-    images: torch.Tensor,
-    *,
-    target: Target | None = None,
-    reduce: Reduce = "abs_sum",
-    **kw: Any,
-) -> torch.Tensor:
-    """Saliency (|gradient|), summed per patch. Parameters: see :func:`saliency_attr`."""
-    return _finish(saliency_attr(adapter, images, target=target, **kw), images, adapter, reduce)
-
-
-@METHODS.register("input_x_gradient")
-def input_x_gradient_method(
-    adapter: Adapter, images: torch.Tensor, *, target: Target | None = None, reduce: Reduce = "sum", **kw: Any
-) -> torch.Tensor:
-    """Input x Gradient, signed patch sums."""
-    return _finish(input_x_gradient_attr(adapter, images, target=target, **kw), images, adapter, reduce)
-
-
-@METHODS.register("smoothgrad")
-def smoothgrad_method(
-    adapter: Adapter,
-    images: torch.Tensor,
-    *,
-    target: Target | None = None,
-    reduce: Reduce | None = None,
-    **kw: Any,
-) -> torch.Tensor:
-    """NoiseTunnel around ``base`` (default saliency); reduce defaults to abs_sum for saliency, else sum."""
-    if reduce is None:
-        reduce = "abs_sum" if kw.get("base", "saliency") == "saliency" else "sum"
-    return _finish(smoothgrad_attr(adapter, images, target=target, **kw), images, adapter, reduce)
-
-
-@METHODS.register("occlusion")
-def occlusion_method(
-    adapter: Adapter,
-    images: torch.Tensor,
-    *,
-    target: Target | None = None,
-    reduce: Reduce = "mean",
-    **kw: Any,
-) -> torch.Tensor:
-    """Patch occlusion: per patch, the score drop when it is replaced by the baseline."""
-    return _finish(occlusion_attr(adapter, images, target=target, **kw), images, adapter, reduce)
-
-
-@METHODS.register("feature_ablation")
-def feature_ablation_method(
-    adapter: Adapter,
-    images: torch.Tensor,
-    *,
-    target: Target | None = None,
-    reduce: Reduce = "mean",
-    **kw: Any,
-) -> torch.Tensor:
-    """Patch ablation (captum FeatureAblation with the patch mask): per-patch score drop."""
-    return _finish(feature_ablation_attr(adapter, images, target=target, **kw), images, adapter, reduce)
+ig_attr = ATTRIBUTIONS["ig"]
+gradient_shap_attr = ATTRIBUTIONS["gradient_shap"]
+saliency_attr = ATTRIBUTIONS["saliency"]
+input_x_gradient_attr = ATTRIBUTIONS["input_x_gradient"]
+smoothgrad_attr = ATTRIBUTIONS["smoothgrad"]
+occlusion_attr = ATTRIBUTIONS["occlusion"]
+feature_ablation_attr = ATTRIBUTIONS["feature_ablation"]
+ig_method = MAP_METHODS["ig"]

@@ -172,7 +172,10 @@ def _word_strings(strings: list[str], eot: int) -> list[str]:
     )
 
 
-@METHODS.register("gae")
+@METHODS.register(
+    "gae", needs_attention=True, gradient=True,
+    description="generic attention explainability (Chefer et al.): gradient-weighted attention relevance",
+)
 def gae_method(
     adapter: Adapter,
     images: torch.Tensor,

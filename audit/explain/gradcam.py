@@ -106,14 +106,18 @@ def grid_view(layer: nn.Module, layout: TokenLayout) -> Iterator[_GridView]:
         handle.remove()
 
 
-@METHODS.register("gradcam")
+@METHODS.register(
+    "gradcam", gradient=True, description="Grad-CAM on the tokens of the adapter's gradcam_layer()"
+)
 def gradcam_method(adapter: Adapter, images: torch.Tensor, *, target: Target | None = None) -> torch.Tensor:
     """Registry entry: Grad-CAM on ``adapter.gradcam_layer()`` tokens, ``(B, gh, gw)``."""
     target = prepare_target(adapter, target, images, "gradcam")
     return gradcam(adapter, images, target=target)
 
 
-@METHODS.register("layer_gradcam")
+@METHODS.register(
+    "layer_gradcam", gradient=True, description="captum LayerGradCam on the patch-grid view of gradcam_layer()"
+)
 def layer_gradcam_method(
     adapter: Adapter, images: torch.Tensor, *, target: Target | None = None
 ) -> torch.Tensor:

@@ -7,13 +7,15 @@ Example:
     >>> adapter.token_layout().grid
     (4, 4)
 
-Families are registered in :data:`audit.registry.ADAPTERS` (``timm``, ``open_clip``,
-``hf``); ``zoo:NAME`` specs are resolved through :func:`audit.zoo.resolve`.
+Each family is one module of this package that registers itself in
+:data:`audit.registry.ADAPTERS` with its metadata (``kind``, ``attention``, ``example``,
+``checkpoint_help``): ``timm``, ``open_clip``, ``hf`` and ``zoo`` (canary names resolved through
+:func:`audit.zoo.resolve`). The registry finds them by importing every module here on first use,
+so a new family is one new file.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,17 +44,6 @@ __all__ = [
     "load_model",
     "weights_hash",
 ]
-
-_ADAPTER_MODULES = ("audit.models.timm_vit", "audit.models.open_clip", "audit.models.hf")
-
-
-def _register_builtin() -> None:
-    for mod in _ADAPTER_MODULES:
-        importlib.import_module(mod)
-
-
-ADAPTERS.add_loader(_register_builtin)
-
 
 def load_model(
     spec: str | ModelSpec,
@@ -113,19 +104,16 @@ def load_model(
     ckpt = checkpoint if checkpoint is not None else spec.checkpoint
     spec = ModelSpec(family=spec.family, name=spec.name, checkpoint=ckpt, options=opts)
 
-    if spec.family == "zoo":
-        adapter = _load_zoo(spec, device=device)
-    else:
-        try:
-            adapter_cls = ADAPTERS.get(spec.family)
-        except UsageError:
-            known = ", ".join(ADAPTERS.names() + ["zoo"])
-            raise ModelLoadError(
-                f"unknown model family {spec.family!r} in spec {spec.family}:{spec.name}; known families: {known} "
-                "(run `vision-audit models`)"
-            ) from None
-        adapter = adapter_cls.load(spec, device=device)
-        _check_input_size(adapter)
+    try:
+        family = ADAPTERS.get(spec.family)
+    except UsageError:
+        known = ", ".join(ADAPTERS.names())
+        raise ModelLoadError(
+            f"unknown model family {spec.family!r} in spec {spec.family}:{spec.name}; known families: {known} "
+            "(run `vision-audit models`)"
+        ) from None
+    adapter = family.load(spec, device=device)
+    _check_input_size(adapter)
     return adapter
 
 
@@ -141,48 +129,26 @@ def _check_input_size(adapter: Adapter) -> None:
     )
 
 
-def _load_zoo(spec: ModelSpec, *, device: str | torch.device) -> Adapter:
-    try:
-        zoo = importlib.import_module("audit.zoo")
-        resolve = zoo.resolve
-    except (ImportError, AttributeError) as e:
-        raise ModelLoadError(
-            f"cannot load zoo:{spec.name}: the canary zoo (audit.zoo) is not available in this installation ({e})"
-        ) from e
-    inner, path, extra = resolve(spec.name)
-    opts = dict(extra or {})
-    recorded = getattr(zoo, "preprocess_of", None)
-    if callable(recorded):  # the values the canary was trained with, as the zoo's own record
-        opts.pop("preprocess", None)  # the same values in open_clip's form
-        kw = opts.get("model_kwargs")
-        if isinstance(kw, dict) and "pretrained_cfg_overlay" in kw:  # ... and in timm's
-            opts["model_kwargs"] = {k: v for k, v in kw.items() if k != "pretrained_cfg_overlay"}
-        opts["preprocess_layers"] = [("zoo", recorded(spec.name))]
-    opts.update({k: v for k, v in spec.options.items()})
-    inner_spec = ModelSpec.parse(inner) if isinstance(inner, str) else inner
-    if inner_spec.family == "zoo":
-        raise ModelLoadError(f"zoo:{spec.name} resolves to another zoo spec ({inner}); zoo entries must name a family")
-    adapter = load_model(inner_spec, checkpoint=spec.checkpoint or path, device=device, **opts)
-    adapter.resolved_spec = adapter.spec  # type: ignore[attr-defined]
-    adapter.spec = ModelSpec(family="zoo", name=spec.name, checkpoint=spec.checkpoint or path, options=opts)
-    return adapter
-
-
 def list_families() -> list[dict[str, Any]]:
-    """Model families with a description and example specs (for ``vision-audit models``)."""
+    """Model families and their registered metadata (for ``vision-audit models``).
+
+    Each dict: ``family``, ``description``, ``examples`` (the registered ``example`` first),
+    ``kind``, ``attention`` (whether the family exposes attention probabilities, which attention
+    methods need) and ``checkpoint_help`` (how to give local weights).
+    """
     out = []
     for name in ADAPTERS.names():
+        meta = ADAPTERS.meta(name)
         cls = ADAPTERS.get(name)
+        examples = [e for e in (meta.get("example"), *meta.get("examples", ())) if e]
         out.append({
             "family": name,
-            "description": getattr(cls, "description", (cls.__doc__ or "").strip().splitlines()[0]),
-            "examples": list(getattr(cls, "examples", ())),
+            "description": meta.get("description") or (cls.__doc__ or "").strip().splitlines()[0],
+            "examples": list(dict.fromkeys(examples)),
+            "kind": meta.get("kind"),
+            "attention": bool(meta.get("attention")),
+            "checkpoint_help": meta.get("checkpoint_help", ""),
         })
-    out.append({
-        "family": "zoo",
-        "description": "the canary zoo: tiny trained models with planted biases (offline, embedded)",
-        "examples": ["zoo:vit-biased"],
-    })
     return out
 
 

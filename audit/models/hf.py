@@ -97,7 +97,11 @@ def hf_attention_patch(module: nn.Module) -> AttentionPatch:
     return AttentionPatch(module=module, forward=forward, setup=setup, teardown=teardown)
 
 
-@ADAPTERS.register("hf")
+@ADAPTERS.register(
+    "hf", kind="classifier or clip", attention=True, example="hf:google/vit-base-patch16-224",
+    checkpoint_help="hf:DIR: a directory written by save_pretrained (config.json and weights); "
+                    "--checkpoint PATH replaces its weights",
+)
 class HFAdapter(Adapter):
     """Adapter for transformers ``ViTForImageClassification`` (classifier) and ``CLIPModel`` (clip)."""
 

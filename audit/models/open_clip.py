@@ -131,7 +131,11 @@ def mha_eager_forward(mha: nn.MultiheadAttention):
     return forward
 
 
-@ADAPTERS.register("open_clip")
+@ADAPTERS.register(
+    "open_clip", kind="clip", attention=True, example="open_clip:ViT-B-32/laion2b_s34b_b79k",
+    checkpoint_help="--checkpoint PATH: a CLIP state dict (.safetensors preferred) of the named architecture "
+                    "(open_clip:ARCH without a pretrained tag)",
+)
 class OpenClipAdapter(Adapter):
     """Adapter for open_clip CLIP models with a ViT image tower (kind ``clip``)."""
 

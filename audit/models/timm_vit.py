@@ -55,7 +55,11 @@ def no_network_message(spec: str, err: BaseException, example: str) -> str:
     )
 
 
-@ADAPTERS.register("timm")
+@ADAPTERS.register(
+    "timm", kind="classifier", attention=True, example="timm:vit_base_patch16_224",
+    checkpoint_help="--checkpoint PATH: a state dict (.safetensors; .pth/.bin read weights-only) of the named "
+                    "architecture, loaded strictly (--num-classes N when its head differs)",
+)
 class TimmViTAdapter(Adapter):
     """Adapter for ``timm`` VisionTransformer-family models (classifier kind)."""
 

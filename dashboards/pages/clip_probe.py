@@ -14,6 +14,9 @@ from dashboards import cache
 from dashboards.labelsets import parse_label_lines, read_uploaded_set
 from dashboards.ui import alpha, current_run, esc, min_group_size
 
+NAV_ORDER = 5  # place in the sidebar navigation (dashboards/app.py reads it, with NAV_TITLE)
+NAV_TITLE = "CLIP probe"
+
 DEFAULT_LABELS = "circle\nsquare\ntriangle\ncross\ncriminal | harmful\nthief | harmful\nobject | neutral"
 DEFAULT_QUERIES = "a photo of a criminal\na photo of a shape"
 # the canary zoo's word tokenizer knows only the canary world's words ("criminal" and "thief" are both <unk>)

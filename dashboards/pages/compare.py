@@ -10,6 +10,9 @@ from audit.report.compare import finding_pairs
 from dashboards import cache, state
 from dashboards.ui import esc, fmt_p, paired_interval_figure
 
+NAV_ORDER = 6  # place in the sidebar navigation (dashboards/app.py reads it, with NAV_TITLE)
+NAV_TITLE = "Compare"
+
 
 def _n(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"

@@ -9,6 +9,9 @@ import streamlit as st
 from dashboards import cache
 from dashboards.ui import current_run, esc
 
+NAV_ORDER = 4  # place in the sidebar navigation (dashboards/app.py reads it, with NAV_TITLE)
+NAV_TITLE = "Embeddings"
+
 path, run = current_run()
 st.title("Embeddings")
 

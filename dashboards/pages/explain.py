@@ -13,6 +13,9 @@ from audit.errors import AuditError
 from dashboards import cache
 from dashboards.ui import current_run, esc, map_image
 
+NAV_ORDER = 2  # place in the sidebar navigation (dashboards/app.py reads it, with NAV_TITLE)
+NAV_TITLE = "Explain"
+
 PER_PAGE = 12
 path, run = current_run()
 groups = run.group_columns

@@ -9,6 +9,9 @@ from audit.viz.figures import interval_plot
 from dashboards import cache
 from dashboards.ui import alpha, current_run, esc, fmt_p, min_group_size
 
+NAV_ORDER = 3  # place in the sidebar navigation (dashboards/app.py reads it, with NAV_TITLE)
+NAV_TITLE = "Groups"
+
 path, run = current_run()
 st.title("Groups")
 

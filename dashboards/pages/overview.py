@@ -13,6 +13,9 @@ from audit.report.summary import preprocessing_text
 from dashboards import cache, state
 from dashboards.ui import current_run, esc, md_table
 
+NAV_ORDER = 1  # place in the sidebar navigation (dashboards/app.py reads it, with NAV_TITLE)
+NAV_TITLE = "Overview"
+
 path, run = current_run()
 meta = run.meta
 model = meta.get("model") or {}
