@@ -34,10 +34,10 @@ from audit.report.summary import (
     Num,
     Provenance,
     ToolInfo,
-    _provenance,
-    _tool_version,
     fmt,
     fmt_ci,
+    provenance_of,
+    tool_version,
 )
 from audit.runs import Run, atomic_path, readable, utc_now, write_bytes, write_json, write_text
 
@@ -210,7 +210,7 @@ def compare_runs(a: Run, b: Run, *, n_boot: int = 2000, seed: int = 0,
         raise RunError(f"runs {a.path} and {b.path} share no group column ({a.group_columns} vs {b.group_columns})")
     classes = sorted(set(pa["label"].dropna().astype(str)) | set(pb["label"].dropna().astype(str))
                      | set(pa["pred"].astype(str)) | set(pb["pred"].astype(str)))
-    prov_a, prov_b = _provenance(a), _provenance(b)
+    prov_a, prov_b = provenance_of(a), provenance_of(b)
     min_size = max(prov_a.min_group_size, prov_b.min_group_size, 1) or DEFAULT_MIN_GROUP_SIZE
     rows: list[DiffRow] = []
     attrs: list[tuple[str, ...]] = [(c,) for c in cols] + list(itertools.combinations(cols, 2))
@@ -282,7 +282,7 @@ def compare_runs(a: Run, b: Run, *, n_boot: int = 2000, seed: int = 0,
                                 f"{side}_ci_high": _f(float(r["diff_ci_high"])),
                                 f"{side}_p_holm": _f(float(r["p_holm"])), f"{side}_significant": bool(r["significant"])})
             pairs.append(DisparityPair.model_validate(rec))
-    s = ComparisonSummary(generated=utc_now(), tool=ToolInfo(version=_tool_version()), run_a=prov_a, run_b=prov_b,
+    s = ComparisonSummary(generated=utc_now(), tool=ToolInfo(version=tool_version()), run_a=prov_a, run_b=prov_b,
                           n_boot=n_boot, seed=seed, min_group_size=min_size, rows=rows, disparities=pairs,
                           findings=finding_pairs(a.findings(), b.findings()))
     s.headline = [f.text for f in s.findings]

@@ -15,22 +15,84 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
-from audit.findings import headline, metric_key, summary_line
+from audit.findings import headline, summary_line
 from audit.fmt import fmt, fmt_ci
+from audit.report.schema import (
+    DEFAULT_ALPHA,
+    DEFAULT_MIN_GROUP_SIZE,
+    INTERSECTION_SEP,
+    SUMMARY_SCHEMA_VERSION,
+    AssociationRow,
+    AuditSummary,
+    ClipStats,
+    CompositionRow,
+    DisparityRow,
+    EmbeddingDistanceRow,
+    EmbeddingGroupRow,
+    EmbeddingStats,
+    FaithfulnessRow,
+    FindingRow,
+    Gallery,
+    GalleryItem,
+    GalleryMap,
+    HarmfulDisparityRow,
+    HarmfulRateRow,
+    LinearProbeRow,
+    MMDRow,
+    Num,
+    PerformanceRow,
+    Provenance,
+    RegionMassRow,
+    RetrievalSkewRow,
+    SanityRow,
+    ToolInfo,
+    VerdictRow,
+    _Model,
+)
 from audit.runs import Run, utc_now
-from audit.stats.rules import ALPHA, MIN_GROUP_SIZE
 
-SUMMARY_SCHEMA_VERSION = 1
-DEFAULT_MIN_GROUP_SIZE = MIN_GROUP_SIZE  # one setting for every group statistic (audit/stats/rules.py)
-DEFAULT_ALPHA = ALPHA
-INTERSECTION_SEP = "×"
-
-Num = float | None
+__all__ = [
+    "AssociationRow",
+    "AuditSummary",
+    "ClipStats",
+    "CompositionRow",
+    "DEFAULT_ALPHA",
+    "DEFAULT_MIN_GROUP_SIZE",
+    "DisparityRow",
+    "EmbeddingDistanceRow",
+    "EmbeddingGroupRow",
+    "EmbeddingStats",
+    "FaithfulnessRow",
+    "FindingRow",
+    "Gallery",
+    "GalleryItem",
+    "GalleryMap",
+    "HarmfulDisparityRow",
+    "HarmfulRateRow",
+    "INTERSECTION_SEP",
+    "LinearProbeRow",
+    "MMDRow",
+    "Num",
+    "PerformanceRow",
+    "Provenance",
+    "RegionMassRow",
+    "RetrievalSkewRow",
+    "SUMMARY_SCHEMA_VERSION",
+    "SanityRow",
+    "ToolInfo",
+    "VerdictRow",
+    "_Model",
+    "build_summary",
+    "fmt",
+    "fmt_ci",
+    "preprocessing_text",
+    "provenance_of",
+    "tool_version",
+]
 
 
 def preprocessing_text(pre: dict[str, Any]) -> str:
@@ -55,373 +117,6 @@ def preprocessing_text(pre: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-MAX_LEDGER_ROWS = 25
-
-
-# --------------------------------------------------------------------------- schema
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ToolInfo(_Model):
-    name: str = "vision-audit"
-    version: str
-
-
-class Provenance(_Model):
-    run_id: str | None = None
-    run_created: str | None = None
-    run_finished: str | None = None
-    model_spec: str | None = None
-    model_name: str | None = None
-    model_family: str | None = None
-    model_kind: str = "classifier"
-    checkpoint: str | None = None
-    fingerprint: str | None = None
-    class_names: list[str] = []
-    dataset_manifest: str | None = None
-    dataset_fingerprint: str | None = None
-    n_rows: int | None = None
-    n_used: int | None = None
-    n_skipped: int = 0
-    label_column: str | None = None
-    group_columns: list[str] = []
-    has_masks: bool = False
-    device: str | None = None
-    dtype: str | None = None
-    backend: str | None = None
-    methods: list[str] = []
-    versions: dict[str, str] = {}
-    min_group_size: int = DEFAULT_MIN_GROUP_SIZE
-    alpha: float = DEFAULT_ALPHA
-    #: resolved preprocessing: {"values": {...}, "sources": {key: source}, "warnings": [...]}
-    preprocessing: dict[str, Any] = {}
-    #: deletion baseline of the faithfulness scores ("blur" / "black")
-    deletion_baseline: str | None = None
-
-
-class FindingRow(_Model):
-    """One row of the findings ledger (:data:`audit.findings.FINDINGS_COLUMNS`)."""
-
-    rank: int
-    kind: str
-    attribute: str
-    metric: str
-    scope: str
-    family: str
-    worst_group: str
-    best_group: str
-    worst_value: Num
-    best_value: Num
-    gap: Num
-    ci_low: Num
-    ci_high: Num
-    n_worst: int | None
-    n_best: int | None
-    p_value: Num
-    p_adj: Num
-    correction: str
-    significant: bool
-    status: str
-    effect: Num
-    source: str
-    text: str
-
-
-class CompositionRow(_Model):
-    attribute: str
-    group: str
-    n: int
-    share: float
-    n_labelled: int
-    sparse: bool
-
-
-class PerformanceRow(_Model):
-    attribute: str
-    group: str
-    metric: str
-    cls: str
-    value: Num
-    ci_low: Num
-    ci_high: Num
-    n: int
-    n_rows: int
-    small: bool
-    note: str = ""
-
-    @property
-    def key(self) -> str:
-        """Metric name that never collides: ``balanced_accuracy`` / ``balanced_accuracy[macro]`` / ``tpr[cat]``."""
-        return metric_key(self.metric, self.cls)
-
-
-class DisparityRow(_Model):
-    attribute: str
-    metric: str
-    cls: str
-    k: int
-    n_excluded: int
-    max_group: str
-    min_group: str
-    max_value: Num
-    min_value: Num
-    difference: Num
-    diff_ci_low: Num
-    diff_ci_high: Num
-    ratio: Num
-    ratio_ci_low: Num
-    ratio_ci_high: Num
-    p_value: Num
-    p_holm: Num
-    p_bh: Num
-    significant: bool
-    test: str
-    note: str = ""
-    family: str = "range"
-    correction: str = ""
-
-    @property
-    def key(self) -> str:
-        """Metric name that never collides (see :func:`audit.findings.metric_key`)."""
-        return metric_key(self.metric, self.cls)
-
-
-class EmbeddingGroupRow(_Model):
-    attribute: str
-    group: str
-    n: int
-    dispersion: Num
-    dispersion_ci_low: Num
-    dispersion_ci_high: Num
-    small: bool = False
-
-
-class EmbeddingDistanceRow(_Model):
-    attribute: str
-    group_a: str
-    group_b: str
-    n_a: int
-    n_b: int
-    cosine_distance: Num
-    p_value: Num
-    p_holm: Num
-
-
-class LinearProbeRow(_Model):
-    attribute: str
-    k: int
-    n: int
-    balanced_accuracy: Num
-    bacc_ci_low: Num
-    bacc_ci_high: Num
-    auc: Num
-    majority_rate: Num
-    null_mean: Num
-    null_p95: Num
-    p_value: Num
-
-
-class MMDRow(_Model):
-    attribute: str
-    group_a: str
-    group_b: str
-    n_a: int
-    n_b: int
-    mmd2: Num
-    p_value: Num
-    p_holm: Num
-    estimator: str
-
-
-class EmbeddingStats(_Model):
-    groups: list[EmbeddingGroupRow] = []
-    distances: list[EmbeddingDistanceRow] = []
-    linear_probe: list[LinearProbeRow] = []
-    mmd: list[MMDRow] = []
-
-
-class AssociationRow(_Model):
-    test: str
-    attribute: str
-    X: str
-    Y: str
-    A: str
-    B: str
-    n_x: int
-    n_y: int
-    effect_size: Num
-    p_value: Num
-    n_perm: int
-    exact: bool
-
-
-class HarmfulRateRow(_Model):
-    attribute: str
-    group: str
-    n: int
-    rate: Num
-    ci_low: Num
-    ci_high: Num
-    small: bool
-
-
-class HarmfulDisparityRow(_Model):
-    attribute: str
-    k: int
-    difference: Num
-    diff_ci_low: Num
-    diff_ci_high: Num
-    max_group: str
-    min_group: str
-    p_value: Num
-    p_holm: Num
-    significant: bool
-    label_set: str
-
-
-class RetrievalSkewRow(_Model):
-    query: str
-    attribute: str
-    k: int
-    group: str
-    skew: Num
-    max_skew: Num
-    min_skew: Num
-    ndkl: Num
-    target: str
-
-
-class ClipStats(_Model):
-    association: list[AssociationRow] = []
-    harmful_rates: list[HarmfulRateRow] = []
-    harmful_disparities: list[HarmfulDisparityRow] = []
-    retrieval_skew: list[RetrievalSkewRow] = []
-
-
-class FaithfulnessRow(_Model):
-    method: str
-    metric: str
-    value: Num
-    ci_low: Num
-    ci_high: Num
-    n: int
-
-
-class VerdictRow(_Model):
-    """A method's faithfulness score against a random map (or chance), with its verdict
-    (table ``faithfulness_verdicts``)."""
-
-    method: str
-    score: str
-    baseline: str = ""
-    perturbation: str = ""
-    value: Num = None
-    random_value: Num = None
-    difference: Num = None
-    ci_low: Num = None
-    ci_high: Num = None
-    n: int = 0
-    p_adj: Num = None
-    verdict: str
-    reason: str = ""
-
-
-class SanityRow(_Model):
-    method: str
-    step: int
-    randomized_blocks: str
-    spearman: Num
-    ci_low: Num
-    ci_high: Num
-    n: int
-    flagged: bool
-
-
-class RegionMassRow(_Model):
-    method: str
-    attribute: str
-    group: str
-    n: int
-    value: Num
-    ci_low: Num
-    ci_high: Num
-    p_value: Num
-    small: bool
-
-
-class GalleryMap(_Model):
-    method: str
-    deletion_auc: Num = None
-    insertion_auc: Num = None
-
-
-class GalleryItem(_Model):
-    row_id: int
-    image_id: str
-    path: str
-    kind: Literal["error", "correct"]
-    attribute: str
-    group: str
-    label: str | None
-    pred: str
-    score: Num
-    maps: list[GalleryMap] = []
-
-
-class Gallery(_Model):
-    attribute: str | None = None
-    worst_group: str | None = None
-    reason: str = ""
-    items: list[GalleryItem] = []
-
-
-class AuditSummary(_Model):
-    """The content of audit.json (schema version 1)."""
-
-    schema_version: Literal[1] = SUMMARY_SCHEMA_VERSION
-    generated: str
-    tool: ToolInfo
-    provenance: Provenance
-    composition: list[CompositionRow] = []
-    performance: list[PerformanceRow] = []
-    disparities: list[DisparityRow] = []
-    embeddings: EmbeddingStats | None = None
-    clip: ClipStats | None = None
-    faithfulness: list[FaithfulnessRow] = []
-    verdicts: list[VerdictRow] = []
-    sanity: list[SanityRow] = []
-    region_mass: list[RegionMassRow] = []
-    gallery: Gallery = Gallery()
-    limitations: list[str] = []
-    #: the findings ledger, ranked (the only source of every stated conclusion)
-    findings: list[FindingRow] = []
-    #: the ledger's count sentence (audit.findings.summary_line)
-    findings_summary: str = ""
-    #: the ledger's first sentences (audit.findings.headline)
-    headline: list[str] = []
-
-    def performance_table(self, *, main: bool = True) -> list[tuple[int, PerformanceRow]]:
-        """(index into ``performance``, row) for the main (multiclass-wide) or per-class rows."""
-        keep = ("__all__", "__macro__")
-        return [(i, r) for i, r in enumerate(self.performance) if (r.cls in keep) == main]
-
-    def ledger_rows(self, limit: int = MAX_LEDGER_ROWS) -> list[FindingRow]:
-        """The findings table shown in the reports: every significant or flagged row, then the next
-        ranked rows up to ``limit``."""
-        must = [f for f in self.findings if f.significant or f.status == "flagged"]
-        rest = [f for f in self.findings if not (f.significant or f.status == "flagged")]
-        return must + rest[: max(0, limit - len(must))]
-
-    @property
-    def method_verdicts(self) -> dict[str, str]:
-        """method -> its one verdict ("better than random", "not distinguishable from random",
-        "fails the sanity check"); methods without a verdicts table get none."""
-        return {v.method: v.verdict for v in self.verdicts}
-
-    def methods_present(self) -> bool:
-        """Whether the run stored explanation maps."""
-        return bool(self.provenance.methods)
 
 
 # --------------------------------------------------------------------------- building
@@ -468,7 +163,7 @@ def _rows(run: Run, table: str, model: type[_Model]) -> list[Any]:
     return out
 
 
-def _tool_version() -> str:
+def tool_version() -> str:
     from importlib import metadata
 
     try:
@@ -487,7 +182,7 @@ def _alpha(run: Run) -> float:
     return float(stats.get("alpha", DEFAULT_ALPHA))
 
 
-def _provenance(run: Run) -> Provenance:
+def provenance_of(run: Run) -> Provenance:
     m, d = run.meta.get("model") or {}, run.meta.get("dataset") or {}
     return Provenance(
         run_id=run.meta.get("run_id"), run_created=run.meta.get("created"), run_finished=run.meta.get("finished"),
@@ -661,7 +356,7 @@ def build_summary(run: Run) -> AuditSummary:
     Raises:
         RunError: a table lacks a documented column.
     """
-    prov = _provenance(run)
+    prov = provenance_of(run)
     perf = _rows(run, "group_performance", PerformanceRow)
     disp = _rows(run, "disparities", DisparityRow)
     emb = None
@@ -677,7 +372,7 @@ def build_summary(run: Run) -> AuditSummary:
                          harmful_disparities=_rows(run, "harmful_disparities", HarmfulDisparityRow),
                          retrieval_skew=_rows(run, "retrieval_skew", RetrievalSkewRow))
     s = AuditSummary(
-        generated=utc_now(), tool=ToolInfo(version=_tool_version()), provenance=prov,
+        generated=utc_now(), tool=ToolInfo(version=tool_version()), provenance=prov,
         composition=_composition(run, prov.min_group_size), performance=perf, disparities=disp,
         embeddings=emb, clip=clip, faithfulness=_rows(run, "faithfulness_summary", FaithfulnessRow),
         verdicts=_rows(run, "faithfulness_verdicts", VerdictRow),
