@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from audit.data.schema import ColumnMap, ManifestFormat
 from audit.errors import ConfigError
 from audit.stats.rules import ALPHA, MIN_GROUP_SIZE
 
@@ -89,24 +90,23 @@ class ModelConfig(_Strict):
         return v
 
 
-class ColumnsConfig(_Strict):
-    """How the manifest's columns map to the audit's roles."""
-
-    image: str = "path"
-    label: str | None = "label"
-    groups: list[str] = Field(default_factory=list)
-    mask: str | None = None
-    id: str | None = None
-
-
 class DataConfig(_Strict):
     manifest: Path = Field(description="CSV / Parquet manifest, or an ImageFolder directory")
-    format: Literal["auto", "csv", "parquet", "imagefolder"] = "auto"
+    format: ManifestFormat = "auto"
     root: Path | None = Field(default=None, description="base directory of relative image paths")
-    columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
+    #: how the manifest's columns map to the audit's roles (audit.data.ColumnMap); in a config the
+    #: label column defaults to "label" (``label: null`` for unlabelled data)
+    columns: ColumnMap = Field(default_factory=lambda: ColumnMap(label="label"))
     skip_bad: bool = Field(default=False, description="record and skip unreadable rows instead of failing")
     missing_group: str | None = Field(default=None, description="name for a missing group value; default: error")
     limit: int | None = Field(default=None, ge=1, description="use only the first N rows")
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _label_column_default(cls, v: Any) -> Any:
+        if isinstance(v, dict) and "label" not in v:
+            return {**v, "label": "label"}
+        return v
 
 
 class ExplainConfig(_Strict):

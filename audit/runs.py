@@ -21,11 +21,14 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from audit.errors import RunError
+
+if TYPE_CHECKING:
+    from audit.config import AuditConfig
 
 SCHEMA_VERSION = 1
 
@@ -248,6 +251,56 @@ class Run:
     @property
     def kind(self) -> str:
         return str(self.meta.get("model", {}).get("kind", "classifier"))
+
+    # -- the run's config and model ----------------------------------------------
+    @property
+    def config(self) -> AuditConfig:
+        """The run's :class:`~audit.config.AuditConfig`, parsed from run.json's ``config``.
+
+        Every reader of a run's settings uses this view (and so the config's own defaults),
+        never a default of its own. Paths are not checked: a finished run is read where its
+        manifest or checkpoint may be gone.
+
+        Raises:
+            RunError: run.json records no config, or it does not parse (the message names the field).
+        """
+        from audit.config import parse_config
+        from audit.errors import ConfigError
+
+        raw = self.meta.get("config")
+        if not isinstance(raw, dict) or not raw:
+            raise RunError(f"{self.path / 'run.json'} records no config (key 'config'); run the audit again")
+        key = json.dumps(raw, sort_keys=True, default=str)
+        cached = self.__dict__.get("_config")
+        if cached is None or cached[0] != key:  # meta is mutable: parse again when it changed
+            try:
+                cfg = parse_config(raw, source=f"{self.path / 'run.json'} (key 'config')", check_paths=False)
+            except ConfigError as exc:
+                raise RunError(f"{exc}\nthe run's config does not parse with this vision-audit; run the audit "
+                               "again") from None
+            cached = self.__dict__["_config"] = (key, cfg)
+        return cached[1]
+
+    def load_model(self, *, device: str = "cpu") -> tuple[Any, Any]:
+        """The run's model as the pipeline built it: ``(adapter, classifier)``.
+
+        :func:`audit.forward.load_classifier` on :attr:`config` with the run's class names (a
+        CLIP becomes the same ZeroShotHead) under the run's seed, so a model without a checkpoint
+        gets the same initial weights; the caller's random state is left as it was. Only live
+        probing needs this: reading a run never loads its model.
+
+        Raises:
+            RunError: the run's config does not parse.
+            AuditError: the model cannot be loaded (e.g. its checkpoint is gone).
+        """
+        import torch
+
+        from audit.forward import load_classifier
+
+        config = self.config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.stats.seed)
+            return load_classifier(config, self.class_names or None, device=device)
 
     # -- tables ------------------------------------------------------------------
     def table_path(self, name: str) -> Path:

@@ -3,10 +3,10 @@
 The rows still to compute go to ``ray.data`` as one block per shard; ``map_batches`` runs
 them through a pool of :class:`ForwardActor` (a callable class: each actor loads the model
 once, checks its weights fingerprint against the driver's, decodes its batch with the same
-:class:`~audit.data.ImageDataset` rules and runs :func:`audit.pipeline.forward_batch`).
+:class:`~audit.data.ImageDataset` rules and runs :func:`audit.forward.forward_collated`).
 The driver gathers the outputs per shard and hands them back to the pipeline's shard
-writer, so resume, the cache and consolidation are those of the local backend and the
-results are equal.
+store (:mod:`audit.shards`), so resume, the cache and consolidation are those of the local
+backend and the results are equal.
 
 Ray is started by the command (``ray.init`` with this machine's CPUs, no dashboard) unless
 it is already initialised in this process, or joins an existing cluster given by
@@ -25,8 +25,9 @@ import numpy as np
 
 from audit.config import AuditConfig
 from audit.errors import AuditError, RunError, UsageError
+from audit.forward import forward_collated, forward_frame, load_classifier, stack_parts
 
-__all__ = ["ForwardActor", "ray_compute", "ray_forward", "ray_session"]
+__all__ = ["ForwardActor", "ray_compute", "ray_session"]
 
 
 def _import_ray() -> Any:
@@ -86,8 +87,6 @@ class ForwardActor:
                  device: str = "cpu", num_threads: int = 1) -> None:
         import torch
 
-        from audit.pipeline import load_classifier
-
         torch.set_num_threads(max(1, int(num_threads)))
         self.config = AuditConfig.model_validate(config)
         torch.manual_seed(self.config.stats.seed)  # same init as the driver for seeded, checkpoint-less models
@@ -108,7 +107,6 @@ class ForwardActor:
         ``ok`` (False for a skipped image) and ``reason`` (why it was skipped, else "").
         """
         from audit.data import ImageDataset, collate_skip_bad
-        from audit.pipeline import forward_collated, forward_frame
 
         ds = ImageDataset(forward_frame(batch), self.transform, skip_bad=self.config.data.skip_bad)
         b = collate_skip_bad([ds[i] for i in range(len(ds))])
@@ -193,17 +191,15 @@ def ray_compute(
     """Compute the rows of ``frame`` (``row_id, path, _shard``) on Ray; yield per shard, in plan order.
 
     Yields the same ``(shard index, {"row_id", "probs", "embeddings", "skipped"})`` items as
-    :func:`audit.pipeline.local_compute`, so the pipeline writes identical shards.
+    :func:`audit.forward.local_compute`, so the pipeline writes identical shards.
 
     Raises:
         AuditError: the error a worker raised (e.g. an undecodable image without skip_bad).
     """
-    from audit.pipeline import _stack_parts
-
     sizes = {p.index: p.n_compute for p in plans}
     if sum(sizes.values()) == 0:
         for p in plans:
-            yield p.index, _stack_parts([], [], [], [])
+            yield p.index, stack_parts([], [], [], [])
         return
     with ray_session(config.run.ray_address) as ray:
         ctx = ray.data.DataContext.get_current()
@@ -252,8 +248,6 @@ def ray_compute(
 
 def _gather(ds: Any, plans: Sequence[Any], sizes: dict[int, int]) -> Iterator[tuple[int, dict[str, Any]]]:
     """Group Ray output rows by shard; yield each shard once all its rows arrived, in plan order."""
-    from audit.pipeline import _stack_parts
-
     pending: dict[int, list[dict[str, np.ndarray]]] = {}
     count: dict[int, int] = {}
     order = [p.index for p in plans]
@@ -272,7 +266,7 @@ def _gather(ds: Any, plans: Sequence[Any], sizes: dict[int, int]) -> Iterator[tu
                 embs.append(c["embeddings"][ok])
                 skipped += [{"row": int(r) + 1, "row_id": int(r), "path": str(p), "reason": str(why)}
                             for r, p, why in zip(c["row_id"][~ok], c["path"][~ok], c["reason"][~ok])]
-            res = _stack_parts([r for r in rows if len(r)], [p for p in probs if len(p)],
+            res = stack_parts([r for r in rows if len(r)], [p for p in probs if len(p)],
                                [e for e in embs if len(e)], skipped)
             if count.get(i, 0) != sizes[i]:
                 raise RunError(f"forward shard {i}: Ray returned {count.get(i, 0)} rows for {sizes[i]}")
@@ -290,21 +284,3 @@ def _gather(ds: Any, plans: Sequence[Any], sizes: dict[int, int]) -> Iterator[tu
         yield from ready()
     if nxt < len(order):
         raise RunError(f"the Ray backend stopped before forward shard {order[nxt]} was complete; rerun with --resume")
-
-
-def ray_forward(config: AuditConfig, df: Any, ranges: Sequence[tuple[int, int]], todo: Sequence[int], run: Any,
-                *, progress: Any = None, class_hint: Sequence[str] | None = None) -> dict[str, Any]:
-    """Compute the forward shards ``todo`` of ``run`` on Ray (loads the model in the driver too).
-
-    A convenience wrapper around :func:`audit.pipeline.forward_shards` with ``backend="ray"``;
-    ``ranges``/``todo`` are recomputed from the run directory (they must agree).
-    """
-    from audit.pipeline import forward_shards, load_classifier, resolve_device, shard_ranges
-
-    if list(shard_ranges(len(df), config.run.shard_size)) != list(ranges):
-        raise UsageError(f"ranges do not match run.shard_size={config.run.shard_size} for {len(df)} rows")
-    device = resolve_device(config.run.device)
-    adapter, classifier = load_classifier(config, class_hint, device=device)
-    cfg = config.model_copy(update={"run": config.run.model_copy(update={"backend": "ray"})})
-    return forward_shards(cfg, df=df, run=run, adapter=adapter, classifier=classifier, device=device,
-                          class_hint=class_hint, progress=progress)

@@ -193,6 +193,7 @@ class LiveModel:
     """A model loaded for live probing, or the reason it could not be loaded."""
 
     adapter: Any = None
+    classifier: Any = None  # the adapter, or for CLIP the run's ZeroShotHead over it
     error: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -201,33 +202,15 @@ class LiveModel:
         return self.adapter is not None
 
 
-def model_request(meta: dict[str, Any]) -> dict[str, Any]:
-    """How to load the run's model: spec, checkpoint, options (from the run's config)."""
-    cfg = dict((meta.get("config") or {}).get("model") or {})
-    model = dict(meta.get("model") or {})
-    spec = cfg.get("spec") or model.get("spec")
-    ckpt = cfg.get("checkpoint") or model.get("checkpoint")
-    opts = dict(cfg.get("options") or {})
-    names = cfg.get("class_names") or (model.get("class_names") if model.get("kind") != "clip" else None)
-    return {"spec": spec, "checkpoint": str(ckpt) if ckpt else None, "options": opts,
-            "class_names": list(names) if names else None}
-
-
 @st.cache_resource(show_spinner="Loading the model for live probing…", max_entries=2)
 def _model(path: str, stamp: int) -> LiveModel:
-    req = model_request(_open(path, stamp).meta)
-    if not req["spec"]:
-        return LiveModel(error="the run records no model spec")
     try:
-        from audit.models import load_model
-
-        adapter = load_model(req["spec"], checkpoint=req["checkpoint"], device="cpu",
-                             class_names=req["class_names"], **req["options"])
+        adapter, classifier = _open(path, stamp).load_model(device="cpu")  # as the pipeline built it
     except AuditError as e:
         return LiveModel(error=str(e))
     except Exception as e:  # noqa: BLE001 - any load failure is shown, the stored results still work
         return LiveModel(error=f"{type(e).__name__}: {e}")
-    return LiveModel(adapter=adapter)
+    return LiveModel(adapter=adapter, classifier=classifier)
 
 
 def live_model(path: str) -> LiveModel:

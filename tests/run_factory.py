@@ -359,11 +359,13 @@ def make_run(
     manifest = str(path / "manifest.csv")
     samples.to_csv(manifest, index=False)
     run.meta.update({
-        "config": {"model": {"spec": spec, "checkpoint": None}, "data": {"manifest": manifest, "label_column": "label",
-                                                                           "group_columns": group_columns},
+        "config": {"model": {"spec": spec, "checkpoint": None},
+                   "data": {"manifest": manifest, "columns": {"label": "label", "groups": group_columns}},
                    "explain": {"methods": list(methods), "baseline": "blur"},
-                   "stats": {"min_group_size": MIN_GROUP_SIZE, "alpha": ALPHA, "n_boot": n_boot, "n_perm": n_perm,
-                             "seed": seed}},
+                   "stats": {"min_group_size": MIN_GROUP_SIZE, "alpha": ALPHA, "seed": seed,
+                             # resample counts below the config's floor (fast tests) are not config values
+                             **{k: v for k, v in (("n_boot", n_boot), ("n_perm", n_perm)) if v >= 50}},
+                   "run": {"output": str(path)}},
         "model": {"spec": spec, "checkpoint": str(path / "weights.safetensors"), "family": "zoo", "kind": kind,
                   "fingerprint": fp, "class_names": names,
                   "preprocess": {"size": [64, 64], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],

@@ -2,32 +2,15 @@
 
 ``load_manifest`` validates a manifest up front and reports every problem with its row
 and file; ``open_image`` turns any image into RGB the same way every time, refusing
-truncated, empty and bomb-sized files. The torch pieces (``ImageDataset``,
-``collate_skip_bad``, ``make_loader``) are imported lazily so that reading manifests does
-not import torch.
+truncated, empty and bomb-sized files. Every name is imported on first use, so that
+``audit.data.schema`` (the column map the config uses) costs no pandas, PIL or torch, and
+reading manifests does not import torch (``ImageDataset``, ``collate_skip_bad``, ``make_loader``).
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
-
-from audit.data.images import (
-    DEFAULT_MAX_PIXELS,
-    ImageInfo,
-    image_sha256,
-    load_mask,
-    open_image,
-    probe_image,
-    to_rgb,
-)
-from audit.data.manifest import (
-    SAMPLE_COLUMNS,
-    STANDARD_COLUMNS,
-    ColumnMap,
-    Manifest,
-    load_manifest,
-    make_sample_images,
-)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -48,12 +31,25 @@ __all__ = [
     "to_rgb",
 ]
 
-_LAZY = {"ImageDataset", "collate_skip_bad", "make_loader", "mask_geometry"}
+#: public name -> the module of this package that defines it
+_HOME = {
+    **dict.fromkeys(["DEFAULT_MAX_PIXELS", "ImageInfo", "image_sha256", "load_mask", "open_image", "probe_image",
+                     "to_rgb"], "images"),
+    **dict.fromkeys(["SAMPLE_COLUMNS", "STANDARD_COLUMNS", "ColumnMap"], "schema"),
+    **dict.fromkeys(["Manifest", "load_manifest"], "manifest"),
+    "make_sample_images": "samples",
+    **dict.fromkeys(["ImageDataset", "collate_skip_bad", "make_loader", "mask_geometry"], "dataset"),
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from audit.data import dataset
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'audit.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"audit.data.{home}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
-        return getattr(dataset, name)
-    raise AttributeError(f"module 'audit.data' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOME])

@@ -29,14 +29,15 @@ TINY_CLIP_CFG = {
 }
 
 
-def _with_model(run_path: Path, *, spec: str, options: dict, adapter) -> Run:
+def _with_model(run_path: Path, *, spec: str, options: dict, adapter, class_names: list[str] | None = None) -> Run:
     """Save ``adapter``'s weights next to the run and record the model in run.json (config.model)."""
     from safetensors.torch import save_file
 
     ckpt = run_path / "weights.safetensors"
     save_file({k: v.contiguous() for k, v in adapter.model.state_dict().items()}, str(ckpt))
     run = Run.open(run_path)
-    run.meta.setdefault("config", {})["model"] = {"spec": spec, "checkpoint": str(ckpt), "options": options}
+    run.meta.setdefault("config", {})["model"] = {"spec": spec, "checkpoint": str(ckpt), "options": options,
+                                                  "class_names": class_names}
     run.meta["model"]["spec"] = spec
     run.meta["model"]["checkpoint"] = str(ckpt)
     run.save_meta()
@@ -55,7 +56,8 @@ def clf_run(runs_dir: Path) -> Run:
 
     run = make_run(runs_dir / "vit-biased", kind="classifier", biased=True, n=N, seed=0)
     adapter = load_model("timm:vit_tiny_patch16_224", class_names=run.class_names, **TINY_VIT)
-    return _with_model(run.path, spec="timm:vit_tiny_patch16_224", options=TINY_VIT, adapter=adapter)
+    return _with_model(run.path, spec="timm:vit_tiny_patch16_224", options=TINY_VIT, adapter=adapter,
+                       class_names=run.class_names)
 
 
 @pytest.fixture(scope="session")

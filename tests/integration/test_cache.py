@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import audit.pipeline as pl
+import audit.forward as fw
 from audit.cache import ArrayCache, cached_rows, content_hashes, map_cache, map_keys, namespace_hash
 from audit.pipeline import run_audit
 
@@ -19,14 +19,14 @@ from .conftest import make_dataset, parse
 def count_forward(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Count images passed through the model (_forward_outputs is the only way to the model)."""
     calls = {"batches": 0, "images": 0}
-    real = pl._forward_outputs
+    real = fw._forward_outputs
 
     def counting(classifier, x, **kw):
         calls["batches"] += 1
         calls["images"] += int(x.shape[0])
         return real(classifier, x, **kw)
 
-    monkeypatch.setattr(pl, "_forward_outputs", counting)
+    monkeypatch.setattr(fw, "_forward_outputs", counting)
     return calls
 
 
@@ -135,8 +135,8 @@ def test_map_cache_reuses_explanations(tmp_path: Path) -> None:
 
     from audit.data import ImageDataset
     from audit.explain import ClassTarget, explain
+    from audit.forward import forward_frame
     from audit.models import load_model
-    from audit.pipeline import forward_frame
 
     from .conftest import CLASSES, TINY_MODEL
 

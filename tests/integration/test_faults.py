@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from audit.errors import AuditError, RunError
-from audit.pipeline import read_shard, run_audit
+from audit.pipeline import run_audit
 from audit.runs import Run
+from audit.shards import read_shard
 
 from .conftest import make_dataset, parse, write_config
 

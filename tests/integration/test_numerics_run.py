@@ -10,6 +10,7 @@ import torch
 
 from audit.pipeline import run_audit
 from audit.registry import METHODS
+
 from .conftest import config_dict, make_dataset
 
 

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from audit.errors import RunError, UsageError
-from audit.pipeline import _ShardBatches, consolidate_shards, run_audit, shard_path, shard_ranges, write_shard
+from audit.forward import _ShardBatches
+from audit.pipeline import run_audit
+from audit.shards import consolidate_shards, shard_path, shard_ranges, write_shard
 
 from .conftest import CLASSES, TINY_MODEL, make_dataset, parse, write_config
 
@@ -53,6 +55,60 @@ def test_forward_matches_independent_computation(tmp_path: Path) -> None:
     assert run.meta["device"] == "cpu" and run.meta["dtype"] == "float32"
     assert run.meta["forward"] == {"shards": 3, "shards_done_before": 0, "computed": 20, "cached": 0}
     assert not (run.path / "shards").exists()
+
+
+def _first_probs(run, classifier, adapter) -> tuple[np.ndarray, np.ndarray]:
+    """(probs of the first used image by ``classifier``, the stored probs of that image)."""
+    from PIL import Image
+
+    row = int(run.arrays("probs")["row_id"][0])
+    x = adapter.preprocess.transform()(Image.open(run.image_path(row)).convert("RGB")).unsqueeze(0)
+    with torch.no_grad():
+        live = torch.softmax(classifier.logits(x).float(), dim=1)[0].numpy()
+    return live, run.arrays("probs")["probs"][0]
+
+
+def test_the_runs_config_and_model_are_those_of_the_pipeline(tmp_path: Path) -> None:
+    """Run.config is the config the run was made with; Run.load_model rebuilds its model (the same
+    weights also without a checkpoint: the run's seed) and leaves the caller's random state alone."""
+    from audit.runs import Run
+
+    manifest = make_dataset(tmp_path / "data", 6)
+    config = parse(manifest, tmp_path / "run")
+    run = Run.open(run_audit(config).path)
+    assert run.config == config
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    adapter, classifier = run.load_model()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert classifier is adapter and adapter.fingerprint == run.meta["model"]["fingerprint"]
+    assert classifier.class_names == CLASSES == run.class_names
+    live, stored = _first_probs(run, classifier, adapter)
+    np.testing.assert_allclose(live, stored, atol=1e-5)
+
+
+def test_a_clip_runs_model_is_its_zero_shot_classifier(tmp_path: Path) -> None:
+    """A CLIP run records its zero-shot classes; Run.load_model builds the same ZeroShotHead."""
+    from audit.config import parse_config
+    from audit.runs import Run
+
+    from .conftest import config_dict
+
+    tiny_clip = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 2,
+                                                 "head_width": 16, "mlp_ratio": 2.0},
+                 "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2,
+                              "mlp_ratio": 2.0}}
+    manifest = make_dataset(tmp_path / "data", 6)
+    cfg = config_dict(manifest, tmp_path / "run")
+    cfg["model"] = {"spec": "open_clip:tiny-test", "options": {"model_cfg": tiny_clip, "pretrained": False}}
+    cfg["clip"] = {"label_set": None, "ks": [2]}
+    run = Run.open(run_audit(parse_config(cfg)).path)
+    assert run.kind == "clip" and run.class_names == sorted(CLASSES)
+    adapter, classifier = run.load_model()
+    assert classifier is not adapter and classifier.class_names == sorted(CLASSES)
+    assert adapter.fingerprint == run.meta["model"]["fingerprint"]
+    live, stored = _first_probs(run, classifier, adapter)
+    np.testing.assert_allclose(live, stored, atol=1e-5)
 
 
 def test_workers_and_batch_sizes_give_identical_results(tmp_path: Path) -> None:
@@ -116,7 +172,7 @@ def test_device_cuda_without_cuda_is_a_usage_error(tmp_path: Path, capsys: pytes
 
 
 def test_resolve_device_rejects_cuda_without_cuda() -> None:
-    from audit.pipeline import resolve_device
+    from audit.forward import resolve_device
 
     with pytest.raises(UsageError, match="no CUDA device"):
         resolve_device("cuda")

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from audit.errors import RunError
-from audit.pipeline import read_shard, run_audit, shard_ranges
+from audit.pipeline import run_audit
 from audit.runs import Run
+from audit.shards import read_shard, shard_ranges
 
 from .conftest import PYTHON, cli_env, make_dataset, parse, write_config
 

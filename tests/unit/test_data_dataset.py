@@ -12,7 +12,7 @@ from torchvision import transforms as T
 
 from audit.data import ImageDataset, collate_skip_bad, load_manifest, make_loader, make_sample_images
 from audit.data.images import open_image
-from audit.data.manifest import SAMPLE_COLUMNS
+from audit.data.schema import SAMPLE_COLUMNS
 from audit.errors import ImageDecodeError, UsageError
 from audit.models.base import Preprocess
 

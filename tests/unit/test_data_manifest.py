@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from audit.data.manifest import SAMPLE_COLUMNS, ColumnMap, Manifest, load_manifest, make_sample_images
+from audit.data import SAMPLE_COLUMNS, ColumnMap, Manifest, load_manifest, make_sample_images
 from audit.errors import ConfigError, ManifestError
 
 ROW_NOTE = "rows are 1-based data rows; the header line is not counted"

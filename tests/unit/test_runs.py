@@ -64,3 +64,27 @@ def test_not_a_run_and_wrong_schema(tmp_path: Path) -> None:
 def test_nan_is_written_as_null(tmp_path: Path) -> None:
     write_json(tmp_path / "x.json", {"a": float("nan"), "b": np.float32(1.5)})
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": None, "b": 1.5}
+
+
+def _config(tmp_path: Path, **data: object) -> dict:
+    return {"model": {"spec": "timm:vit_tiny_patch16_224"},
+            "data": {"manifest": str(tmp_path / "gone.csv"), **data},
+            "stats": {"min_group_size": 30}, "run": {"output": str(tmp_path / "r")}}
+
+
+def test_config_is_the_parsed_config_without_path_checks(tmp_path: Path) -> None:
+    run = Run.create(tmp_path / "r", meta={"config": _config(tmp_path, columns={"groups": ["g"]})})
+    cfg = run.config
+    assert cfg.stats.min_group_size == 30 and cfg.stats.alpha == 0.05  # the config's own defaults fill in
+    assert cfg.data.columns.label == "label" and cfg.data.columns.groups == ["g"]
+    assert not cfg.data.manifest.exists()  # a finished run is read where its inputs may be gone
+    run.meta["config"]["stats"]["min_group_size"] = 80  # meta is mutable: the view follows it
+    assert run.config.stats.min_group_size == 80
+
+
+def test_a_config_that_does_not_parse_is_a_run_error_naming_the_field(tmp_path: Path) -> None:
+    run = Run.create(tmp_path / "r", meta={"config": _config(tmp_path, label_column="label")})
+    with pytest.raises(RunError, match=r"data\.label_column: unknown key"):
+        _ = run.config
+    with pytest.raises(RunError, match="records no config"):
+        _ = Run.create(tmp_path / "s").config
