@@ -212,7 +212,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("give the audit config: vision-audit run audit.yaml (an annotated example: "
                          "docs/audit.example.yaml; every key: vision-audit run --schema)")
 
-
     overrides: dict = {"run": {}, "data": {}}
     for key in ("resume", "overwrite"):
         if getattr(args, key):
