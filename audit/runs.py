@@ -290,7 +290,8 @@ class Run:
         probing needs this: reading a run never loads its model.
 
         Raises:
-            RunError: the run's config does not parse.
+            RunError: the run's config does not parse, or the model that loads now is not the one
+                that was audited (its weights' fingerprint differs from run.json's).
             AuditError: the model cannot be loaded (e.g. its checkpoint is gone).
         """
         import torch
@@ -300,7 +301,13 @@ class Run:
         config = self.config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.stats.seed)
-            return load_classifier(config, self.class_names or None, device=device)
+            adapter, classifier = load_classifier(config, self.class_names or None, device=device)
+        recorded = (self.meta.get("model") or {}).get("fingerprint")
+        if recorded and adapter.fingerprint != recorded:  # live maps of another model would be told as this run's
+            raise RunError(f"{self.path}: the model that loads now ({config.model.spec}, fingerprint "
+                           f"{adapter.fingerprint}) is not the audited one (fingerprint {recorded}); restore the "
+                           "checkpoint the run used")
+        return adapter, classifier
 
     # -- tables ------------------------------------------------------------------
     def table_path(self, name: str) -> Path:
@@ -323,6 +330,19 @@ class Run:
             have = ", ".join(sorted(x.stem for x in (self.path / "tables").glob("*.parquet"))) or "none"
             raise RunError(f"run {self.path} has no table {name!r} (tables: {have})")
         return pd.read_parquet(p, columns=columns)
+
+    def section(self, name: str) -> Any:
+        """One section of the run's config (``stats``, ``explain``, ``clip`` ...) as its pydantic model.
+
+        A run that records no config (one assembled by hand) gets the section's defaults, from the
+        config class itself; a recorded config that does not parse is a RunError (see :attr:`config`).
+        """
+        if isinstance(self.meta.get("config"), dict) and self.meta["config"]:
+            return getattr(self.config, name)
+        from audit.config import AuditConfig
+
+        field = AuditConfig.model_fields[name]
+        return field.default_factory() if field.default_factory is not None else field.default
 
     def findings(self):
         """The findings ledger (:mod:`audit.findings`): the stored ``findings`` table, or, for a run

@@ -17,7 +17,6 @@ import streamlit as st
 
 from audit.errors import AuditError
 from audit.runs import Run
-from audit.stats.rules import ALPHA, MIN_GROUP_SIZE
 from dashboards import cache, state
 
 if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: the first page draws none
@@ -47,22 +46,14 @@ def current_run() -> tuple[str, Run]:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def min_group_size(run: Run, default: int = MIN_GROUP_SIZE) -> int:
-    """The run's minimum group size (``config.stats.min_group_size``)."""
-    stats = (run.meta.get("config") or {}).get("stats") or {}
-    try:
-        return int(stats.get("min_group_size", default))
-    except (TypeError, ValueError):
-        return default
+def min_group_size(run: Run) -> int:
+    """The run's minimum group size (``config.stats.min_group_size``, through :meth:`Run.section`)."""
+    return int(run.section("stats").min_group_size)
 
 
-def alpha(run: Run, default: float = ALPHA) -> float:
-    """The run's significance level (``config.stats.alpha``)."""
-    stats = (run.meta.get("config") or {}).get("stats") or {}
-    try:
-        return float(stats.get("alpha", default))
-    except (TypeError, ValueError):
-        return default
+def alpha(run: Run) -> float:
+    """The run's significance level (``config.stats.alpha``, through :meth:`Run.section`)."""
+    return float(run.section("stats").alpha)
 
 
 def paired_interval_figure(df: pd.DataFrame, *, series: str, label: str = "group", value: str = "value",

@@ -175,9 +175,8 @@ SOURCE_TABLES = ("disparities", "group_performance", "harmful_disparities", "har
 def findings_for_run(run: Any) -> pd.DataFrame:
     """Compute the ledger of an opened :class:`~audit.runs.Run` from its tables (no model needed)."""
     tables = {t: run.table(t) for t in SOURCE_TABLES if run.has_table(t)}
-    stats = (run.meta.get("config") or {}).get("stats") or {}
-    return build_findings(tables, alpha=float(stats.get("alpha", DEFAULT_ALPHA)),
-                          min_group_size=int(stats.get("min_group_size", MIN_GROUP_SIZE)))
+    stats = run.section("stats")  # the run's own settings (config defaults for a run assembled by hand)
+    return build_findings(tables, alpha=float(stats.alpha), min_group_size=int(stats.min_group_size))
 
 
 def headline(findings: pd.DataFrame, n: int = DEFAULT_HEADLINE) -> list[str]:

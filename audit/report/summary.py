@@ -173,13 +173,11 @@ def tool_version() -> str:
 
 
 def _min_group_size(run: Run) -> int:
-    stats = (run.meta.get("config") or {}).get("stats") or {}
-    return int(stats.get("min_group_size", DEFAULT_MIN_GROUP_SIZE))
+    return int(run.section("stats").min_group_size)
 
 
 def _alpha(run: Run) -> float:
-    stats = (run.meta.get("config") or {}).get("stats") or {}
-    return float(stats.get("alpha", DEFAULT_ALPHA))
+    return float(run.section("stats").alpha)
 
 
 def provenance_of(run: Run) -> Provenance:
@@ -197,7 +195,7 @@ def provenance_of(run: Run) -> Provenance:
         min_group_size=_min_group_size(run), alpha=_alpha(run),
         preprocessing=dict(run.meta.get("preprocessing") or {}),
         deletion_baseline=(run.meta.get("faithfulness") or {}).get("baseline")
-        or (((run.meta.get("config") or {}).get("explain") or {}).get("baseline") if run.methods else None),
+        or (run.section("explain").baseline if run.methods else None),
     )
 
 

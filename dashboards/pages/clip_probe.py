@@ -76,7 +76,7 @@ if not lm.ok:
 
 meta = pred.set_index("row_id").loc[emb["row_id"].astype(int)].reset_index()  # aligned with embeddings
 image_emb = emb["image"].astype(np.float32)  # (N, D)
-templates = (run.meta.get("config") or {}).get("clip", {}).get("templates") or ["a photo of a {}."]
+templates = run.section("clip").templates
 zoo = str((run.meta.get("model") or {}).get("spec") or "").startswith("zoo:")
 
 with st.form("cp_form"):

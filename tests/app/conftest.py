@@ -40,6 +40,7 @@ def _with_model(run_path: Path, *, spec: str, options: dict, adapter, class_name
                                                   "class_names": class_names}
     run.meta["model"]["spec"] = spec
     run.meta["model"]["checkpoint"] = str(ckpt)
+    run.meta["model"]["fingerprint"] = adapter.fingerprint  # the audited weights (live probing checks it)
     run.save_meta()
     return Run.open(run_path)
 
