@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup browser lint clean bench
+.PHONY: demo test test-fast setup browser lint clean bench
 
 setup: $(STAMP)
 
@@ -29,6 +29,11 @@ demo: setup
 
 test: setup browser
 	$(BIN)/python -m pytest
+
+# While developing: everything but the tests marked slow (simulations, notebooks, canary runs, bench smoke).
+# `make test` (and CI) always runs the whole suite.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow and not network and not gpu"
 
 lint: setup
 	$(BIN)/ruff check audit dashboards tests

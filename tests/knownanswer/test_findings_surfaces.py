@@ -15,6 +15,7 @@ from audit.runs import Run
 from audit.zoo.world import DEFAULT_SPEC as W
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # builds the canary runs (once per session)
 
 
 def _flat(text: str) -> str:
