@@ -334,15 +334,25 @@ class Run:
     def section(self, name: str) -> Any:
         """One section of the run's config (``stats``, ``explain``, ``clip`` ...) as its pydantic model.
 
-        A run that records no config (one assembled by hand) gets the section's defaults, from the
-        config class itself; a recorded config that does not parse is a RunError (see :attr:`config`).
+        Only that section is parsed: a section the run does not record (a run assembled by hand) gets
+        its defaults, from the config class itself; a recorded section that does not parse is a RunError.
         """
-        if isinstance(self.meta.get("config"), dict) and self.meta["config"]:
-            return getattr(self.config, name)
+        from pydantic import BaseModel, ValidationError
+
         from audit.config import AuditConfig
 
         field = AuditConfig.model_fields[name]
-        return field.default_factory() if field.default_factory is not None else field.default
+        model = field.annotation
+        raw = (self.meta.get("config") or {}).get(name)
+        if raw is None:  # not recorded (a run assembled by hand): the section's defaults
+            return field.default_factory() if field.default_factory is not None else field.default
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return raw
+        try:
+            return model.model_validate(raw)
+        except ValidationError as exc:
+            raise RunError(f"{self.path / 'run.json'}: config.{name} does not parse with this vision-audit "
+                           f"({exc.errors()[0].get('loc')}: {exc.errors()[0].get('msg')}); run the audit again") from None
 
     def findings(self):
         """The findings ledger (:mod:`audit.findings`): the stored ``findings`` table, or, for a run
