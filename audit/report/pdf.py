@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 from xml.sax.saxutils import escape
 
 from audit.report.summary import AuditSummary, fmt, fmt_ci, preprocessing_text
+from audit.viz.maps import MAP_CMAP
 
 
 def _styles() -> dict[str, Any]:
@@ -26,6 +28,9 @@ def _styles() -> dict[str, Any]:
         "h3": ParagraphStyle("h3", parent=ss["Heading3"], spaceBefore=6, spaceAfter=3, keepWithNext=1),
         "body": ParagraphStyle("body", parent=ss["BodyText"], fontSize=9, leading=11.5),
         "note": ParagraphStyle("note", parent=ss["BodyText"], fontSize=7.5, leading=9.5, textColor="#555555"),
+        # a note between a heading and its table or figure moves with them (no orphaned heading)
+        "lead": ParagraphStyle("lead", parent=ss["BodyText"], fontSize=7.5, leading=9.5, textColor="#555555",
+                               keepWithNext=1),
         "cell": ParagraphStyle("cell", parent=ss["BodyText"], fontSize=6.8, leading=8),
         "cellb": ParagraphStyle("cellb", parent=ss["BodyText"], fontSize=6.8, leading=8, fontName="Helvetica-Bold"),
         "bullet": ParagraphStyle("bullet", parent=ss["BodyText"], fontSize=9, leading=11.5, leftIndent=10,
@@ -47,12 +52,15 @@ def _table(st: dict[str, Any], header: Sequence[str], rows: Sequence[Sequence[An
 
     data = [[P(h, st["cellb"]) for h in header]] + [[P(c, st["cell"]) for c in r] for r in rows]
     if col_frac is None:
-        col_frac = [1 / len(header)] * len(header)
-    tot = sum(col_frac)
-    t = Table(data, colWidths=[width * f / tot for f in col_frac], repeatRows=1)
+        widths = _auto_widths(st, header, rows, width)
+    else:
+        tot = sum(col_frac)
+        widths = [width * f / tot for f in col_frac]
+    t = Table(data, colWidths=widths, repeatRows=1)
     style = [("LINEBELOW", (0, 0), (-1, 0), 0.8, colors.black), ("LINEBELOW", (0, 1), (-1, -1), 0.25, colors.grey),
              ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#EEEEEE")), ("VALIGN", (0, 0), (-1, -1), "TOP"),
-             ("TOPPADDING", (0, 0), (-1, -1), 1.5), ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5)]
+             ("TOPPADDING", (0, 0), (-1, -1), 1.5), ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
+             ("LEFTPADDING", (0, 0), (-1, -1), PAD / 2), ("RIGHTPADDING", (0, 0), (-1, -1), PAD / 2)]
     for i, sh in enumerate(shaded or []):
         if sh:
             style.append(("BACKGROUND", (0, i + 1), (-1, i + 1), colors.HexColor("#F6E7DE")))
@@ -61,13 +69,93 @@ def _table(st: dict[str, Any], header: Sequence[str], rows: Sequence[Sequence[An
     return t
 
 
-def _image(png: bytes, max_w: float, max_h: float) -> Any:
+REPORT_DPI = 150  # the resolution report figures are rendered at (audit.report.writer)
+
+
+PAD = 7.0  # a cell's left + right padding (3.5 + 3.5, set in _table)
+NUMERIC = re.compile(r"[\[\]()0-9.,+\-e\s/na%]*")
+
+
+def _auto_widths(st: dict[str, Any], header: Sequence[str], rows: Sequence[Sequence[Any]], width: float) -> list[float]:
+    """Column widths for ``width`` from the text: every column gets at least its longest word (numbers and
+    intervals never wrap), then the room left goes to the columns whose text is longer than that."""
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
+    cell, head = st["cell"], st["cellb"]
+
+    def w(text: Any, style: Any) -> float:
+        return stringWidth("" if text is None else str(text), style.fontName, style.fontSize)
+
+    def longest_word(text: Any, style: Any) -> float:
+        s = str("" if text is None else text)
+        if NUMERIC.fullmatch(s):  # a number or an interval is never broken across lines
+            return w(s, style)
+        return max(w(x, style) for x in (s.split() or [""]))
+
+    cols = list(zip(*rows)) if rows else [() for _ in header]
+    natural = [max([w(h, head), *(w(c, cell) for c in col)]) + PAD for h, col in zip(header, cols)]
+    least = [max([longest_word(h, head), *(longest_word(c, cell) for c in col)]) + PAD
+             for h, col in zip(header, cols)]
+    if sum(natural) <= width:
+        return [n * width / sum(natural) for n in natural]
+    if sum(least) >= width:
+        return [x * width / sum(least) for x in least]
+    room = width - sum(least)
+    want = [n - m for n, m in zip(natural, least)]
+    out = list(least)
+    order = sorted(range(len(want)), key=lambda i: want[i])
+    for k, i in enumerate(order):  # the shortest texts first get all they need (they stay on one line) ...
+        share = room / (len(order) - k)
+        if want[i] > share:  # ... the rest share what is left, in proportion to their text
+            rest = order[k:]
+            tot = sum(want[j] for j in rest)
+            for j in rest:
+                out[j] += room * want[j] / tot
+            break
+        out[i] += want[i]
+        room -= want[i]
+    return out
+
+
+def _image(png: bytes, max_w: float, max_h: float, *, dpi: float = REPORT_DPI) -> Any:
+    """A figure at its design size (``dpi`` pixels per inch), shrunk to fit ``max_w`` x ``max_h``."""
     from reportlab.lib.utils import ImageReader
     from reportlab.platypus import Image
 
     iw, ih = ImageReader(io.BytesIO(png)).getSize()
-    scale = min(max_w / iw, max_h / ih, 72 / 100)  # PNGs are rendered at ~100-110 dpi
+    scale = min(max_w / iw, max_h / ih, 72 / dpi)
     return Image(io.BytesIO(png), width=iw * scale, height=ih * scale)
+
+
+HOLM_RESULT = {True: "significant (Holm)", False: "not significant (Holm)"}
+BODY_METRICS = ("accuracy", "balanced_accuracy", "ece")  # the metrics the body of the report tabulates
+
+
+def _not_tested(st: dict[str, Any], rows: Sequence[Any]) -> list[Any]:
+    """Untested disparity rows as one paragraph per reason (attribute: metrics), not a row each."""
+    by_note: dict[str, dict[str, list[str]]] = {}
+    for d in rows:
+        by_note.setdefault(d.note or "no reason recorded", {}).setdefault(d.attribute, []).append(d.key)
+    out = []
+    for note, attrs in by_note.items():
+        listed = "; ".join(f"{a}: {', '.join(keys)}" for a, keys in attrs.items())
+        out.append(P(f"Not tested ({note}): {listed}.", st["note"]))
+    return out
+
+
+def _disparity_table(st: dict[str, Any], rows: Sequence[Any], width: float) -> Any:
+    return _table(
+        st, ["attribute", "metric", "k", "highest", "lowest", "gap", "95% interval", "p", "Holm p", "result"],
+        [(d.attribute, d.key, fmt(d.k, "int"), f"{d.max_group} ({fmt(d.max_value)})",
+          f"{d.min_group} ({fmt(d.min_value)})", fmt(d.difference), fmt_ci(d.diff_ci_low, d.diff_ci_high),
+          fmt(d.p_value, "p"), fmt(d.p_holm, "p"), HOLM_RESULT[bool(d.significant)]) for d in rows],
+        width=width)
+
+
+def _performance_table(st: dict[str, Any], rows: Sequence[Any], width: float) -> Any:
+    return _table(st, ["attribute", "group", "metric", "value", "95% interval", "n"],
+                  [(r.attribute, r.group, r.key, fmt(r.value), fmt_ci(r.ci_low, r.ci_high), fmt(r.n, "int"))
+                   for r in rows], width=width, shaded=[r.small for r in rows])
 
 
 def render_pdf(summary: AuditSummary, path: str | os.PathLike[str], *, figures: Mapping[str, bytes],
@@ -75,7 +163,7 @@ def render_pdf(summary: AuditSummary, path: str | os.PathLike[str], *, figures: 
     """Write report.pdf to ``path`` (A4, tables split across pages with repeated headers)."""
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.units import cm
-    from reportlab.platypus import KeepTogether, PageBreak, SimpleDocTemplate, Spacer
+    from reportlab.platypus import CondPageBreak, KeepTogether, PageBreak, SimpleDocTemplate, Spacer
 
     s = summary
     st = _styles()
@@ -114,34 +202,35 @@ def render_pdf(summary: AuditSummary, path: str | os.PathLike[str], *, figures: 
     story.append(_table(st, ["field", "value"], kv, width=W, col_frac=[1, 3]))
 
     story.append(P("Dataset composition", st["h2"]))
-    story.append(P(f"Shaded rows are sparse (fewer than {p.min_group_size} images): shown, not compared.", st["note"]))
+    story.append(P(f"Shaded rows are sparse (fewer than {p.min_group_size} images): shown, not compared.", st["lead"]))
     story.append(_table(st, ["attribute", "group", "n", "share", "labelled"],
                         [(r.attribute, r.group, fmt(r.n, "int"), fmt(r.share, "share"), fmt(r.n_labelled, "int"))
-                         for r in s.composition], width=W, col_frac=[2, 2, 1, 1, 1],
+                         for r in s.composition], width=W,
                         shaded=[r.sparse for r in s.composition]))
 
     story.append(P("Performance by group", st["h2"]))
     story.append(P("95% bootstrap intervals resampled within each group; n is the metric's denominator; shaded rows "
-                   "are below the minimum size and left out of the disparity tests.", st["note"]))
+                   "are below the minimum size and left out of the disparity tests. Other metrics (macro averages of "
+                   "per-class rates) are in the appendix.", st["lead"]))
     for name in perf_figures:
-        story.append(_image(figures[name], W, H * 0.45))
+        story.append(_image(figures[name], W, H * 0.55))
     main = [r for _, r in s.performance_table(main=True)]
-    story.append(_table(st, ["attribute", "group", "metric", "value", "95% interval", "n"],
-                        [(r.attribute, r.group, r.key, fmt(r.value), fmt_ci(r.ci_low, r.ci_high), fmt(r.n, "int"))
-                         for r in main], width=W, col_frac=[2, 2, 2, 1, 1.6, 0.8], shaded=[r.small for r in main]))
+    body = [r for r in main if r.metric in BODY_METRICS]
+    other = [r for r in main if r.metric not in BODY_METRICS]
+    story.append(_performance_table(st, body or main, W))
 
     story.append(P("Disparity tests", st["h2"]))
+    whole = [d for d in s.disparities if d.cls in ("__all__", "__macro__")]
+    per_class = [d for d in s.disparities if d.cls not in ("__all__", "__macro__")]
+    story.append(P(f"Gap: best minus worst group among groups with n >= {p.min_group_size}, tested against a "
+                   "permutation null; result after Holm correction within each family of tests. Whole-task metrics "
+                   "here; per-class (one-vs-rest) tests are in the appendix.", st["lead"]))
     if "forest" in figures:
-        story.append(_image(figures["forest"], W * 0.85, H * 0.5))
-    story.append(_table(
-        st, ["attribute", "metric", "class", "k", "highest", "lowest", "gap", "95% interval", "p", "Holm p", "result"],
-        [(d.attribute, d.metric, d.cls, fmt(d.k, "int"), f"{d.max_group} ({fmt(d.max_value)})",
-          f"{d.min_group} ({fmt(d.min_value)})", fmt(d.difference), fmt_ci(d.diff_ci_low, d.diff_ci_high),
-          fmt(d.p_value, "p"), fmt(d.p_holm, "p"),
-          ("not tested: " + d.note) if d.difference is None else
-          ("significant after Holm correction" if d.significant else "not significant after Holm correction"))
-         for d in s.disparities],
-        width=W, col_frac=[1.5, 1.5, 1, 0.4, 1.5, 1.5, 0.8, 1.5, 1.15, 1.15, 1.6]))
+        story.append(_image(figures["forest"], W, H * 0.5))
+    tested = [d for d in whole if d.difference is not None]
+    if tested:
+        story.append(_disparity_table(st, tested, W))
+    story += _not_tested(st, [d for d in whole if d.difference is None])
 
     if s.embeddings:
         e = s.embeddings
@@ -193,23 +282,26 @@ def render_pdf(summary: AuditSummary, path: str | os.PathLike[str], *, figures: 
             story.append(_table(st, ["query", "attribute", "k", "group", "skew@k", "MaxSkew", "MinSkew", "NDKL"],
                                 [(r.query, r.attribute, fmt(r.k, "int"), r.group, fmt(r.skew, "effect"),
                                   fmt(r.max_skew, "effect"), fmt(r.min_skew, "effect"), fmt(r.ndkl, "effect"))
-                                 for r in c.retrieval_skew], width=W, col_frac=[2.5, 1.3, 0.5, 1.2, 1, 1, 1, 1]))
+                                 for r in c.retrieval_skew], width=W))
 
     story.append(PageBreak())
     story.append(P("Explanation gallery", st["h2"]))
     g = s.gallery
     if g.items:
         story.append(P(f"Errors of the worst group ({g.attribute} = {g.worst_group}: {g.reason}) beside correctly "
-                       "classified images. Maps are min-max scaled for display only. Deletion AUC: lower is more "
-                       "faithful; insertion AUC: higher is more faithful.", st["note"]))
+                       "classified images. Each map is drawn on its patch grid (one block per patch, boundaries in "
+                       "white) over the image in grey; its colour bar gives the map's own raw range (per-image "
+                       f"scale, display only; colour map {MAP_CMAP}). Every panel names the method's verdict "
+                       "against a random map, the class the map explains and the prediction. Deletion AUC: lower "
+                       "is more faithful; insertion AUC: higher is more faithful.", st["lead"]))
         for it, png in zip(g.items, gallery_images):
             block = [P(f"{it.kind.upper()}: {it.image_id} ({it.attribute} = {it.group}), label {it.label or 'none'}, "
-                       f"predicted {it.pred} (p = {fmt(it.score)})", st["body"]), _image(png, W, H * 0.22)]
+                       f"predicted {it.pred} (p = {fmt(it.score)})", st["body"]), _image(png, W, H * 0.3)]
             block.append(_table(st, ["method", "deletion AUC", "insertion AUC"],
                                 [(m.method, fmt(m.deletion_auc), fmt(m.insertion_auc)) for m in it.maps],
                                 width=W * 0.5))
             story.append(KeepTogether(block))
-            story.append(Spacer(1, 6))
+            story.append(Spacer(1, 4))
     else:
         story.append(P(f"No gallery: {g.reason or 'no explanation maps were stored'}.", st["body"]))
 
@@ -229,7 +321,7 @@ def render_pdf(summary: AuditSummary, path: str | os.PathLike[str], *, figures: 
                                 [(v.method, v.score, fmt(v.value), f"{fmt(v.random_value)} ({v.baseline})",
                                   fmt(v.difference, "diff"), fmt_ci(v.ci_low, v.ci_high, "diff"), fmt(v.n, "int"),
                                   fmt(v.p_adj, "p"), v.verdict) for v in s.verdicts],
-                                width=W, col_frac=[1.2, 1.3, 0.8, 1.3, 1, 1.4, 0.5, 0.9, 1.8]))
+                                width=W))
     else:
         story.append(P("No faithfulness results in this run.", st["body"]))
 
@@ -249,6 +341,18 @@ def render_pdf(summary: AuditSummary, path: str | os.PathLike[str], *, figures: 
     story.append(P("Limitations", st["h2"]))
     for x in s.limitations or ["None recorded."]:
         story.append(P(x, st["bullet"], bullet=True))
+    if other or per_class:
+        story.append(CondPageBreak(H * 0.35))
+        story.append(P("Appendix", st["h2"]))
+    if other:
+        story.append(P("Other metrics by group (macro averages over classes)", st["h3"]))
+        story.append(_performance_table(st, other, W))
+    if per_class:
+        story.append(P("Per-class disparity tests (one-vs-rest)", st["h3"]))
+        tested = [d for d in per_class if d.difference is not None]
+        if tested:
+            story.append(_disparity_table(st, tested, W))
+        story += _not_tested(st, [d for d in per_class if d.difference is None])
     story.append(Spacer(1, 8))
     story.append(P("Per-class rates by group are in report.html and audit.json. Numbers in this report are those "
                    f"of audit.json (schema version {s.schema_version}).", st["note"]))

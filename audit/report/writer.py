@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from audit.errors import UsageError
+from audit.report.pdf import REPORT_DPI
 from audit.report.summary import INTERSECTION_SEP, AuditSummary, build_summary, fmt
 from audit.runs import Run, atomic_path, readable, write_bytes, write_json, write_text
 
@@ -17,6 +18,20 @@ Format = Literal["html", "md", "pdf", "json"]
 FORMATS: tuple[str, ...] = ("html", "md", "pdf", "json")
 PERF_FIGURE_METRICS = (("accuracy", "__all__"), ("balanced_accuracy", "__macro__"))
 FOREST_METRICS = ("accuracy", "balanced_accuracy", "ece")
+# every report figure is rendered at REPORT_DPI and shown in the PDF at its design size (fonts >= 6 pt on
+# paper); a gallery figure is 1 + methods panels of GALLERY_PANEL_INCHES each (7 inches for 4 methods)
+GALLERY_PANEL_INCHES = 1.4
+
+
+def _explained_targets(run: Run) -> dict[tuple[int, str], str]:
+    """(row_id, method) -> the class the stored map explains (``faithfulness.target_class``)."""
+    if not run.has_table("faithfulness"):
+        return {}
+    f = run.table("faithfulness")
+    if "target_class" not in f.columns:
+        return {}
+    f = f[f["target_class"].notna()]
+    return {(int(r), str(m)): str(c) for r, m, c in zip(f["row_id"], f["method"], f["target_class"])}
 
 
 def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
@@ -53,45 +68,51 @@ def build_figures(summary: AuditSummary, run: Run) -> tuple[dict[str, bytes], li
         sanity_plot,
     )
 
+    def png(fig: Any) -> bytes:
+        return figure_to_png_bytes(fig, dpi=REPORT_DPI)
+
     figs: dict[str, bytes] = {}
     perf_names: list[str] = []
     for metric, cls in PERF_FIGURE_METRICS:
         rows = [r.model_dump() for r in summary.performance if r.metric == metric and r.cls == cls]
         if rows:
-            figs[metric] = figure_to_png_bytes(interval_plot(rows, title=f"{metric} by group", xlabel=metric))
+            figs[metric] = png(interval_plot(rows, title=f"{metric} by group", xlabel=metric))
             perf_names.append(metric)
     forest = [d.model_dump() for d in summary.disparities if d.metric in FOREST_METRICS]
     if forest:
-        figs["forest"] = figure_to_png_bytes(forest_plot(forest))
+        figs["forest"] = png(forest_plot(forest))
     if summary.faithfulness:
-        figs["faithfulness"] = figure_to_png_bytes(faithfulness_bars([r.model_dump() for r in summary.faithfulness]))
+        figs["faithfulness"] = png(faithfulness_bars([r.model_dump() for r in summary.faithfulness]))
     if summary.sanity:
-        figs["sanity"] = figure_to_png_bytes(sanity_plot([r.model_dump() for r in summary.sanity]))
+        figs["sanity"] = png(sanity_plot([r.model_dump() for r in summary.sanity]))
     if run.has_table("projection") and summary.provenance.group_columns:
         proj = run.table("projection")
         hue = next((g for g in summary.provenance.group_columns if g in proj.columns), None)
         if hue is not None:
-            figs["projection"] = figure_to_png_bytes(projection_scatter(proj, hue=hue))
+            figs["projection"] = png(projection_scatter(proj, hue=hue))
     if summary.clip is not None and summary.clip.harmful_rates:
         rows = [r.model_dump() for r in summary.clip.harmful_rates]
-        figs["harmful"] = figure_to_png_bytes(interval_plot(rows, value="rate", title="harmful-label rate by group",
+        figs["harmful"] = png(interval_plot(rows, value="rate", title="harmful-label rate by group",
                                                             xlabel="harmful-label rate"))
     gallery: list[bytes] = []
+    targets = _explained_targets(run)
     for it in summary.gallery.items:
         img = load_image(run, it.path)
         if img is None:
             img = np.full((64, 64, 3), 128, dtype=np.uint8)
-        maps, caps = {}, {}
+        maps, tgt = {}, {}
         for gm in it.maps:
             m = run.map_for(gm.method, it.row_id)
             if m is not None:
                 maps[gm.method] = np.asarray(m, dtype=np.float32)
-                caps[gm.method] = (f"del {fmt(gm.deletion_auc)} / ins {fmt(gm.insertion_auc)}"
-                                   + (f" ({summary.provenance.deletion_baseline} deletion)"
-                                      if summary.provenance.deletion_baseline else ""))
-        fig = overlay_figure(img, maps, captions=caps, show_maps=False, verdicts=summary.method_verdicts,
-                             title=f"{it.kind}: label {it.label}, predicted {it.pred}")
-        gallery.append(figure_to_png_bytes(fig, dpi=100))
+                if (it.row_id, gm.method) in targets:
+                    tgt[gm.method] = targets[(it.row_id, gm.method)]
+        # deletion / insertion AUCs are in the table under each figure: the panels carry what the
+        # table does not (verdict, target, prediction and its probability, the colour scale)
+        fig = overlay_figure(img, maps, show_maps=False, verdicts=summary.method_verdicts, prediction=it.pred,
+                             score=it.score, targets=tgt, panel_inches=GALLERY_PANEL_INCHES,
+                             title=f"{it.kind}: label {it.label or 'none'}, predicted {it.pred}")
+        gallery.append(png(fig))
     return figs, perf_names, gallery
 
 

@@ -17,14 +17,23 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from matplotlib import colormaps
 from matplotlib.figure import Figure
+
+from audit.viz.maps import (  # MAP_CMAP is the one colour map of every map drawn (audit.viz.maps)
+    MAP_ALPHA,
+    MAP_CMAP,
+    MapScale,
+    display_range,
+    fmt_value,
+    overlay,
+    prediction_line,
+    scale_label,
+)
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">", "p"]
 HATCHES = ["", "///", "...", "xxx", "\\\\\\", "ooo", "---", "+++"]
 # Okabe-Ito palette (colour-blind safe); greyscale separation comes from markers/hatches
 COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
-MAP_CMAP = "viridis"  # perceptually uniform, monotonic in lightness (reads in greyscale)
 
 
 def figure_to_png_bytes(fig: Figure, *, dpi: int = 110) -> bytes:
@@ -192,7 +201,8 @@ def faithfulness_bars(summary: Any, *, title: str = "Faithfulness (deletion lowe
         ax.set_title(name, fontsize=9)
         ax.grid(axis="y", color="0.85", lw=0.6)
     axes[0].set_ylabel("AUC (95% interval)", fontsize=9)
-    axes[1].legend(fontsize=7, frameon=False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, frameon=False, loc="outside lower center", ncol=2)
     fig.suptitle(title, fontsize=10)
     return fig
 
@@ -224,30 +234,56 @@ def sanity_plot(sanity: Any, *, title: str = "Model-randomisation sanity check")
     return fig
 
 
-def upsample_map(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear upsampling of a patch-grid map ``(gh, gw)`` to ``size = (H, W)`` for display."""
-    from PIL import Image
+def map_colourbar(ax: Any, lo: float, hi: float, label: str, *, fontsize: float = 6) -> Any:
+    """A horizontal colour bar under ``ax`` (an inset, so ``fig.axes`` keeps one axes per panel):
+    :data:`MAP_CMAP` from ``lo`` to ``hi`` in raw map units, labelled with its scale."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
-    arr = np.asarray(m, dtype=np.float32)
-    return np.asarray(Image.fromarray(arr, mode="F").resize((size[1], size[0]), Image.BILINEAR))
+    if not hi > lo:
+        hi = lo + 1e-12
+    cax = ax.inset_axes([0.0, -0.11, 1.0, 0.065])
+    cb = ax.figure.colorbar(ScalarMappable(Normalize(lo, hi), cmap=MAP_CMAP), cax=cax, orientation="horizontal")
+    cb.set_ticks([lo, hi], labels=[fmt_value(lo), fmt_value(hi)])
+    cb.ax.tick_params(labelsize=fontsize - 0.5, length=2, pad=1)
+    cb.outline.set_linewidth(0.4)
+    cb.set_label(label, fontsize=fontsize - 0.5, labelpad=1)
+    return cb
 
 
-def display_normalise(m: np.ndarray) -> np.ndarray:
-    """Min-max scale to [0, 1] for display only (raw maps stay unnormalised in the run)."""
-    m = np.asarray(m, dtype=np.float32)
-    lo, hi = float(np.nanmin(m)), float(np.nanmax(m))
-    return np.zeros_like(m) if hi - lo <= 0 else (m - lo) / (hi - lo)
+def map_panel(
+    ax: Any,
+    image: Any,
+    m: np.ndarray,
+    *,
+    title: str = "",
+    lo: float | None = None,
+    hi: float | None = None,
+    scale: MapScale = "image",
+    method: str | None = None,
+    smooth: bool = False,
+    alpha: float = MAP_ALPHA,
+    fontsize: float = 6,
+    colourbar: bool = True,
+    size: int = 256,
+) -> None:
+    """Draw one map panel on ``ax``: the map over the image (grey) on its patch grid, with a colour
+    bar that names its scale (``scale="image"``: the map's own range; ``"run"``: ``lo``/``hi``, one
+    range per method over the run). ``image=None`` or ``alpha=1`` draws the map alone."""
+    lo_, hi_ = display_range(m, lo=lo, hi=hi)
+    ax.imshow(overlay(image, m, lo=lo_, hi=hi_, smooth=smooth, alpha=alpha, size=size), interpolation="antialiased")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=fontsize, linespacing=1.15)
+    if colourbar:
+        map_colourbar(ax, lo_, hi_, scale_label(scale, method), fontsize=fontsize)
 
 
-def overlay(image: np.ndarray, m: np.ndarray, *, alpha: float = 0.5) -> np.ndarray:
-    """RGB overlay ``(H, W, 3)`` float in [0, 1] of a map on an image (map display-normalised)."""
-    img = np.asarray(image, dtype=np.float32)
-    if img.max() > 1.0:
-        img = img / 255.0
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, -1)
-    heat = colormaps[MAP_CMAP](display_normalise(upsample_map(m, img.shape[:2])))[..., :3]
-    return (1 - alpha) * img[..., :3] + alpha * heat
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width, break_long_words=True) if line else line for line in text.split("\n"))
 
 
 def overlay_figure(
@@ -258,8 +294,15 @@ def overlay_figure(
     captions: Mapping[str, str] | None = None,
     show_maps: bool = True,
     verdicts: Mapping[str, str] | None = None,
+    prediction: str | None = None,
+    score: float | None = None,
+    targets: Mapping[str, str] | str | None = None,
+    scale: MapScale = "image",
+    ranges: Mapping[str, tuple[float, float]] | None = None,
+    smooth: bool = False,
+    panel_inches: float = 1.4,
 ) -> Figure:
-    """Image | (map | overlay) per method.
+    """Image | (map | overlay) per method, each map on its patch grid with a colour bar.
 
     Args:
         image: ``(H, W, 3)`` uint8 or float image.
@@ -270,41 +313,53 @@ def overlay_figure(
         verdicts: method -> its verdict against a random map (``faithfulness_verdicts``, e.g.
             "better than random"), added to every panel title of that method; methods without one
             get no verdict line (none is made up).
+        prediction, score: the predicted class and its probability, named on every panel.
+        targets: what the maps explain (one for all, or per method), named on every panel.
+        scale: ``"image"`` (each map's own range) or ``"run"`` (``ranges[method]``: one range per
+            method over the run); the colour bars say which.
+        smooth: bilinear maps instead of the honest patch grid.
+        panel_inches: width of one panel (the figure is as wide as its panels).
     """
     captions = captions or {}
     verdicts = verdicts or {}
+    ranges = ranges or {}
     per = 2 if show_maps else 1
     ncol = 1 + per * len(maps)
-    fig = Figure(figsize=(1.5 * ncol, 1.9), layout="constrained")
+    target_of = (lambda _m: targets) if isinstance(targets, str) or targets is None else targets.get
+    chars = max(14, int(panel_inches * 21))
+    lines = 2 + (1 if verdicts else 0) + (1 if prediction is not None or targets is not None else 0) \
+        + (1 if captions else 0)
+    fig = Figure(figsize=(panel_inches * ncol, panel_inches + 0.12 * lines + 0.45), layout="constrained")
     axes = fig.subplots(1, ncol, squeeze=False)[0]
     axes[0].imshow(np.asarray(image))
-    axes[0].set_title("image", fontsize=7)
+    axes[0].set_title("image", fontsize=6)
     from audit.explain.quality import draw_problem, map_problem
 
     for i, (method, m) in enumerate(maps.items()):
         raw = np.asarray(m, dtype=np.float32)
         problem = map_problem(raw)
-        verdict = f"\n{verdicts[method]}" if verdicts.get(method) else ""
+        note = prediction_line(target=target_of(method), prediction=prediction, score=score)
+        verdict = f"\n{verdicts[method]}" if verdicts.get(method) else ""  # one line: a verdict is short
+        tail = f"\n{_wrap(note, chars)}" if note else ""
         if problem:  # a NaN/Inf or constant map is named, never drawn as a blank or uniform heat map
             for j in range(per):
                 draw_problem(axes[1 + per * i + j], problem, fontsize=6)
-                axes[1 + per * i + j].set_title(method + verdict, fontsize=6)
+                axes[1 + per * i + j].set_title(method + verdict + tail, fontsize=6)
             continue
-        rng = f"raw [{np.nanmin(raw):.2g}, {np.nanmax(raw):.2g}]"
+        lo, hi = ranges.get(method, (None, None)) if scale == "run" else (None, None)
         if show_maps:
-            ax = axes[1 + per * i]
-            ax.imshow(display_normalise(raw), cmap=MAP_CMAP, interpolation="nearest")
-            ax.set_title(f"{method}\n{rng}{verdict}", fontsize=6)
-        ax = axes[1 + per * i + (1 if show_maps else 0)]
-        ax.imshow(overlay(image, raw))
+            map_panel(axes[1 + per * i], None, raw, title=f"{method}{verdict}" + tail, lo=lo, hi=hi,
+                      scale=scale, method=method, smooth=smooth)
         cap = captions.get(method, "")
-        head = f"{method} overlay" if show_maps else f"{method} ({rng})"
-        ax.set_title(head + (f"\n{cap}" if cap else "") + verdict, fontsize=6)
+        head = f"{method} overlay" if show_maps else method
+        map_panel(axes[1 + per * i + (1 if show_maps else 0)], image, raw,
+                  title=head + verdict + tail + (f"\n{_wrap(cap, chars)}" if cap else ""),
+                  lo=lo, hi=hi, scale=scale, method=method, smooth=smooth)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
     if title:
-        fig.suptitle(title, fontsize=8)
+        fig.suptitle(title, fontsize=7.5)
     return fig
 
 
