@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--baseline", choices=["blur", "black"], default="blur",
                    help="what deleted patches become for the deletion AUC (default blur, as explain.baseline "
                         "in a run config); named in every title")
+    e.add_argument("--smooth", action="store_true",
+                   help="draw maps bilinearly smoothed (default: the patch grid as it is, one block per patch)")
     e.add_argument("--device", default="cpu")
 
     d = sub.add_parser("demo", help="audit the canary models on the synthetic test set (the main job)")
@@ -145,7 +147,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return explain_images(
             args.images, model=args.model, checkpoint=args.checkpoint, methods=args.method.split(","),
             target=args.target, prompt=args.prompt, out=args.out, steps=args.steps, device=args.device,
-            baseline=args.baseline, **model_args_from_cli(args),
+            baseline=args.baseline, smooth=args.smooth, **model_args_from_cli(args),
         )
     if cmd == "demo":
         from audit.demo import run_demo

@@ -1,7 +1,9 @@
 """``vision-audit explain``: explain image files with several methods into one PNG grid.
 
-One row per image, one column per method (after the image itself); each map is
-titled with its method's verdict against a random map over the given images, its deletion AUC
+One row per image, one column per method (after the image itself); each map is drawn on the
+model's patch grid (``--smooth``: bilinear) over the image in grey with a colour bar of its range
+(per-image scale), and titled with its method's verdict against a random map over the given images,
+the explained target, the predicted class and its probability, its deletion AUC
 (lower = more faithful), the AUC of a random map and the deletion baseline (``--baseline``, blur
 by default as ``explain.baseline`` in a run config), e.g. "deletion AUC 0.31 (random 0.52, blur
 baseline)". A CLIP prompt target has no class probability, so its maps carry no deletion AUC.
@@ -119,8 +121,12 @@ def explain_images(
     options: dict[str, Any] | None = None,
     class_names: Sequence[str] | None = None,
     num_classes: int | None = None,
+    smooth: bool = False,
 ) -> int:
     """Explain ``images`` with ``methods`` into one PNG grid at ``out``.
+
+    Maps are drawn on the model's patch grid (one block per patch); ``smooth=True`` (``--smooth``)
+    interpolates them bilinearly instead.
 
     ``preprocess`` (``model.preprocess`` keys), ``options`` (``model.options``), ``class_names`` and
     ``num_classes`` load the model as a run config would; the resolved preprocessing and where each
@@ -186,7 +192,7 @@ def explain_images(
         bar.update(1)
     bar.close()
     verdicts = _verdicts(results, baseline)
-    fig = overlay_grid(pil, x, adapter, results, baseline=baseline, verdicts=verdicts)
+    fig = overlay_grid(pil, x, adapter, results, baseline=baseline, verdicts=verdicts, target=tgt, smooth=smooth)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     print(f"wrote {out} ({len(images)} image(s) x {len(methods)} method(s))")
@@ -218,41 +224,80 @@ def _verdicts(results, baseline: str) -> dict[str, tuple[str, str]]:
     return {r.method: (r.verdict, r.reason) for r in v.drop_duplicates("method").itertuples()}
 
 
-def overlay_grid(pil, x, adapter, results, *, baseline: str = "blur", verdicts=None):
-    """Figure: rows = images, columns = the image then one overlay per method (OO API).
+def _predictions(adapter: Any, x: Any) -> tuple[list[str], list[float], Any] | None:
+    """``(predicted class names, their probabilities, (B, C) probabilities)`` of a classifier; None for CLIP."""
+    import torch
 
-    Every map's title names the method's verdict (``verdicts``: method -> (verdict, reason)), its
-    deletion AUC, the random map's and the deletion ``baseline``.
+    if adapter.kind == "clip":
+        return None
+    with torch.no_grad():
+        probs = torch.softmax(adapter.logits(x).float(), dim=-1).cpu()  # (B, C)
+    names = list(adapter.class_names or [])
+    idx = probs.argmax(-1).tolist()
+    return ([names[i] if i < len(names) else str(i) for i in idx], [float(probs[b, i]) for b, i in enumerate(idx)],
+            probs)
+
+
+def _target_text(target: Any, names: Sequence[str], b: int) -> tuple[str | None, int | None]:
+    """What image ``b``'s map explains, in words, and the class index (None: the predicted class or a prompt)."""
+    from audit.explain import ClassTarget, PromptTarget
+
+    if isinstance(target, PromptTarget):
+        return f"prompt \u201c{target.text}\u201d", None
+    if isinstance(target, ClassTarget) and target.index is not None:
+        i = target.index if isinstance(target.index, int) else list(target.index)[b]
+        return (names[i] if i < len(names) else str(i)), int(i)
+    return None, None
+
+
+def overlay_grid(pil, x, adapter, results, *, baseline: str = "blur", verdicts=None, target=None, smooth: bool = False):
+    """Figure: rows = images, columns = the image then one map per method (OO API).
+
+    Every map is drawn on its patch grid (``smooth``: bilinear instead) over the image in grey with a
+    colour bar of its own range (per-image scale, :mod:`audit.viz.maps`); its title names the method's
+    verdict (``verdicts``: method -> (verdict, reason)), the explained ``target`` and the predicted
+    class with its probability (classifiers), its deletion AUC, the random map's and the deletion
+    ``baseline``.
     """
     import numpy as np
     from matplotlib.figure import Figure
 
     from audit.explain.quality import draw_problem
+    from audit.viz.figures import map_panel
+    from audit.viz.maps import prediction_line
 
     n, k = len(pil), len(results)
     verdicts = verdicts or {}
-    fig = Figure(figsize=(2.8 * (k + 1), 2.5 * n))
+    pred = _predictions(adapter, x)
+    names = list(adapter.class_names or [])
+    fig = Figure(figsize=(2.8 * (k + 1), 3.0 * n))
     axes = fig.subplots(n, k + 1, squeeze=False)
     shown = adapter.preprocess.denormalize(x).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
     for i in range(n):
         axes[i, 0].imshow(shown[i])
         axes[i, 0].set_title("image", fontsize=8)
+        tgt, tgt_idx = _target_text(target, names, i)
+        if pred is None:  # CLIP with a prompt: no classes, so no prediction
+            note = prediction_line(target=tgt)
+        else:
+            pname, pscore, probs = pred
+            note = prediction_line(target=pname[i] if tgt is None else tgt, prediction=pname[i], score=pscore[i],
+                                   target_score=None if tgt_idx is None else float(probs[i, tgt_idx]))
         for j, (m, (e, dele, rnd)) in enumerate(results.items(), start=1):
+            head = f"{m}: {verdicts[m][0]}" if m in verdicts else m
             if e.problems[i]:  # NaN/Inf or constant: name it, never draw it as a blank or uniform map
                 draw_problem(axes[i, j], e.problems[i], image=shown[i])
                 axes[i, j].set_title(m, fontsize=7)
                 print(f"warning: {m}, image {i + 1}: {e.problems[i]}", file=sys.stderr)
                 continue
-            disp = e.normalized(at_input=True)[i].numpy()  # display only
-            axes[i, j].imshow(shown[i])
-            axes[i, j].imshow(disp, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
+            grid = e.grid_maps[i].detach().float().cpu().numpy()  # raw (gh, gw); normalised for display only
             if dele is None:
-                axes[i, j].set_title(f"{m}\n(prompt: no deletion AUC)", fontsize=7)
+                title = f"{head}\n{note}\n(prompt: no deletion AUC)"
             else:
-                head = f"{m}: {verdicts[m][0]}" if m in verdicts else m
-                axes[i, j].set_title(f"{head}\ndeletion AUC {float(dele[i]):.2f} (random {float(rnd[i]):.2f}, "
-                                     f"{baseline} baseline)", fontsize=6)
+                title = (f"{head}\n{note}\ndeletion AUC {float(dele[i]):.2f} (random {float(rnd[i]):.2f}, "
+                         f"{baseline} baseline)")
+            map_panel(axes[i, j], shown[i], grid, title=title, smooth=smooth, fontsize=7)
     for ax in np.ravel(axes):
         ax.set_axis_off()
-    fig.tight_layout()
+    fig.tight_layout(h_pad=2.5)
     return fig
