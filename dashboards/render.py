@@ -1,9 +1,12 @@
 """Small, fast image rendering for the dashboard: thumbnails and map overlays as PNG bytes.
 
-Maps are stored raw on the patch grid; they are normalised here for display only. Two display
-scales: ``"image"`` (each map's own min..max, shows where a map puts its mass) and ``"run"``
-(one fixed range per method, the 1st..99th percentile over every stored map of the run, so that
-maps of different images and groups stay comparable).
+Maps are drawn as everywhere else (:mod:`audit.viz.maps`): one colour map (``MAP_CMAP``), on the
+patch grid as it is (one block per patch, boundaries drawn; ``smooth=True`` interpolates instead),
+over the image in grey, with a colour bar under the map that names its scale. Maps are stored raw
+on the patch grid; they are normalised here for display only. Two display scales: ``"image"``
+(each map's own min..max, shows where a map puts its mass) and ``"run"`` (one fixed range per
+method, the 1st..99th percentile over every stored map of the run, so that maps of different
+images and groups stay comparable).
 """
 
 from __future__ import annotations
@@ -13,17 +16,13 @@ import io
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+
+from audit.viz.maps import MAP_ALPHA, colour, display_range, fmt_value, scale_label
+from audit.viz.maps import overlay as _overlay_rgb
 
 DisplayScale = Literal["image", "run"]
-
-
-@functools.cache
-def _cmap() -> Any:
-    """The jet colour map (matplotlib imported on first use: the first page does not need it)."""
-    from matplotlib import colormaps
-
-    return colormaps["jet"]
+BAR_H = 8  # px, height of the colour gradient under a map
 
 
 def png_bytes(img: Image.Image) -> bytes:
@@ -45,37 +44,62 @@ def normalise_for_display(m: np.ndarray, *, lo: float | None = None, hi: float |
 
     A constant map (``hi <= lo``) becomes all zeros.
     """
-    m = np.asarray(m, dtype=np.float32)
-    lo = float(np.nanmin(m)) if lo is None else float(lo)
-    hi = float(np.nanmax(m)) if hi is None else float(hi)
-    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
-        return np.zeros_like(m)
-    return np.clip((m - lo) / (hi - lo), 0.0, 1.0)
+    from audit.viz.maps import display_normalise
+
+    return display_normalise(m, lo=lo, hi=hi)
 
 
-def overlay(img: Image.Image, grid_map: np.ndarray, *, size: int, alpha: float = 0.5,
-            lo: float | None = None, hi: float | None = None) -> Image.Image:
-    """Blend a patch-grid map ``(gh, gw)`` over ``img`` at ``size`` pixels (longer side).
+@functools.cache
+def _font(size: int) -> Any:
+    return ImageFont.load_default(size=size)
 
-    The map is normalised to [0, 1] (see :func:`normalise_for_display`), upsampled bilinearly
-    to the image and coloured with the jet colour map.
+
+def colourbar(img: Image.Image, lo: float, hi: float, label: str | None) -> Image.Image:
+    """``img`` with a colour bar under it: the gradient from ``lo`` to ``hi`` (raw map units), the two
+    values at its ends and, on a line of its own, ``label`` (what the scale is)."""
+    w = img.width
+    font = _font(11 if w >= 150 else 9)
+    line = 14 if w >= 150 else 11
+    ramp = (colour(np.linspace(0, 1, w))[None, :, :] * 255).astype(np.uint8).repeat(BAR_H, 0)  # (BAR_H, w, 3)
+    out = Image.new("RGB", (w, img.height + 3 + BAR_H + line * (2 if label else 1) + 2), (255, 255, 255))
+    out.paste(img, (0, 0))
+    out.paste(Image.fromarray(ramp), (0, img.height + 3))
+    draw = ImageDraw.Draw(out)
+    y = img.height + 3 + BAR_H + 1
+    right = fmt_value(hi)
+    draw.text((0, y), fmt_value(lo), fill=(40, 40, 40), font=font)
+    draw.text((w - draw.textlength(right, font=font), y), right, fill=(40, 40, 40), font=font)
+    if label:
+        label = label.replace("\u2013", "-")  # the built-in font has no en dash
+        while label and draw.textlength(label, font=font) > w:  # a narrow thumbnail: cut, never overflow
+            label = label[:-2] + "…"
+        draw.text(((w - draw.textlength(label, font=font)) / 2, y + line), label, fill=(90, 90, 90), font=font)
+    return out
+
+
+def overlay(img: Image.Image, grid_map: np.ndarray, *, size: int, alpha: float = MAP_ALPHA,
+            lo: float | None = None, hi: float | None = None, smooth: bool = False,
+            scale: DisplayScale | None = None, method: str | None = None) -> Image.Image:
+    """A patch-grid map ``(gh, gw)`` over ``img`` (grey) at ``size`` pixels (longer side).
+
+    The map is normalised to [0, 1] over ``lo``..``hi`` (default: its own range), drawn on its
+    patch grid (``smooth``: bilinear) in ``MAP_CMAP``. With ``scale`` a colour bar is added under
+    it, labelled with that scale (:func:`audit.viz.maps.scale_label`).
     """
-    base = fit(img.convert("RGB"), size)
-    w, h = base.size
-    norm = normalise_for_display(grid_map, lo=lo, hi=hi)  # (gh, gw)
-    up = np.asarray(Image.fromarray(norm.astype(np.float32), mode="F").resize((w, h), Image.Resampling.BILINEAR))
-    heat = (_cmap()(np.clip(up, 0.0, 1.0))[..., :3] * 255.0).astype(np.float32)  # (h, w, 3)
-    out = (1.0 - alpha) * np.asarray(base, dtype=np.float32) + alpha * heat
-    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+    lo_, hi_ = display_range(grid_map, lo=lo, hi=hi)
+    base = np.asarray(img.convert("RGB"))
+    rgb = _overlay_rgb(base, grid_map, alpha=alpha, lo=lo_, hi=hi_, smooth=smooth, size=size)
+    out = Image.fromarray((rgb * 255).round().astype(np.uint8))
+    return colourbar(out, lo_, hi_, scale_label(scale, method)) if scale else out
 
 
-def heat_only(grid_map: np.ndarray, *, size: int, lo: float | None = None, hi: float | None = None) -> Image.Image:
-    """A map ``(gh, gw)`` as a coloured image of ``size`` pixels (nearest: one block per patch)."""
-    gh, gw = grid_map.shape
-    norm = normalise_for_display(grid_map, lo=lo, hi=hi)
-    rgb = (_cmap()(norm)[..., :3] * 255).astype(np.uint8)
-    s = size / max(gh, gw)
-    return Image.fromarray(rgb).resize((max(1, round(gw * s)), max(1, round(gh * s))), Image.Resampling.NEAREST)
+def heat_only(grid_map: np.ndarray, *, size: int, lo: float | None = None, hi: float | None = None,
+              smooth: bool = False, scale: DisplayScale | None = None, method: str | None = None) -> Image.Image:
+    """A map ``(gh, gw)`` alone as a coloured image of ``size`` pixels (patch grid; ``smooth``: bilinear)."""
+    lo_, hi_ = display_range(grid_map, lo=lo, hi=hi)
+    rgb = _overlay_rgb(None, grid_map, lo=lo_, hi=hi_, smooth=smooth, size=size)
+    out = Image.fromarray((rgb * 255).round().astype(np.uint8))
+    return colourbar(out, lo_, hi_, scale_label(scale, method)) if scale else out
 
 
 def placeholder(size: int, text_colour: tuple[int, int, int] = (200, 60, 60)) -> Image.Image:

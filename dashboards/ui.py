@@ -115,10 +115,101 @@ def fmt_p(p: object) -> str:
     return "<0.001" if v < 0.001 else f"{v:.3f}"
 
 
-def map_image(container: object, img: object, grid_map: np.ndarray, *, size: int, caption: str) -> None:
-    """Draw ``grid_map`` over ``img`` in ``container``; a NaN/Inf or constant map is shown as a
-    placeholder with the reason, never as a blank or uniform heat map."""
+def p_text(p: object, name: str = "p") -> str:
+    """``"p < 0.001"`` / ``"p = 0.012"`` (never ``"p = <0.001"``); ``name`` e.g. ``"corrected p"``."""
+    s = fmt_p(p)
+    return f"{name} {s[0]} {s[1:]}" if s.startswith("<") else f"{name} = {s}"
+
+
+P_COLUMNS = frozenset({"p", "p_value", "p_holm", "p_bh", "p_adj"})
+P_LABELS = {"p_value": "p", "p_holm": "p (Holm)", "p_bh": "p (BH)", "p_adj": "p (adj.)"}
+
+
+def fit_table(df: pd.DataFrame, *, key: str | None = None, labels: dict[str, str] | None = None, digits: int = 3,
+              column_config: dict | None = None, container: object = None, **kw: object) -> object:
+    """``st.dataframe`` sized to fit the main column: floats with ``digits`` decimals, p-values with two
+    significant digits, ``labels`` as short column headers (the data's column names stay, so the
+    table reads back with its own names)."""
+    labels = {**P_LABELS, **(labels or {})}
+    cfg: dict = {}
+    for c in df.columns:
+        label = labels.get(str(c))
+        head = len(label or str(c))
+        if str(c) in P_COLUMNS:
+            cfg[c] = st.column_config.NumberColumn(label, format="%.2g", width=_px(max(head, 7)))
+        elif pd.api.types.is_float_dtype(df[c]):
+            cfg[c] = st.column_config.NumberColumn(label, format=f"%.{digits}f", width=_px(max(head, digits + 3)))
+        elif pd.api.types.is_bool_dtype(df[c]):
+            cfg[c] = st.column_config.CheckboxColumn(label, width=_px(head))
+        else:  # text: as wide as its longest value (up to a limit), so that no name is cut to "balanced_…"
+            longest = int(df[c].astype(str).str.len().max()) if len(df) else 0
+            cfg[c] = st.column_config.Column(label, width=_px(max(head, min(longest, 40))))
+    cfg.update(column_config or {})
+    target = container if container is not None else st
+    return target.dataframe(df, hide_index=True, width="stretch", key=key, column_config=cfg, **kw)  # type: ignore[attr-defined]
+
+
+def short_hash(value: object, keep: int = 16) -> str:
+    """A long hash (a dataset fingerprint: 64 hex digits) cut to ``keep`` characters and "…" for a table
+    cell, so that it never pushes the table past the page; anything else is returned as text."""
+    s = "" if value is None else str(value)
+    return s[:keep] + "…" if len(s) > 2 * keep and all(c in "0123456789abcdef" for c in s.lower()) else s
+
+
+def _px(chars: int) -> int:
+    """Pixels a dataframe column needs for ``chars`` characters of its font (and its padding)."""
+    return int(6.6 * chars + 18)
+
+
+def interval_text(lo: object, hi: object, digits: int = 3) -> str:
+    """``"[0.120, 0.340]"`` (empty when a bound is missing)."""
+    try:
+        a, b = float(lo), float(hi)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return ""
+    return f"[{a:.{digits}f}, {b:.{digits}f}]" if np.isfinite(a) and np.isfinite(b) else ""
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def _overlay(path: str, stamp: int, row_id: int, method: str, size: int, scale: str, smooth: bool
+             ) -> tuple[bytes, str, str] | None:
     from audit.explain.quality import map_problem
+    from audit.viz.maps import display_range, fmt_value, scale_label
+    from dashboards import render
+
+    store = cache.maps(path, method)
+    m = store.get(row_id)
+    if m is None:
+        return None
+    problem = map_problem(m)
+    if problem:  # NaN/Inf or constant: say so, never draw it as a blank or uniform heat map
+        return render.png_bytes(render.placeholder(size)), f"{method}: no usable map — {problem}", ""
+    lo, hi = display_range(m, lo=store.lo, hi=store.hi) if scale == "run" else display_range(m)
+    # the colour bar (gradient and its end values) is drawn under the map; what it spans is the caption
+    kw = {"size": size, "lo": lo, "hi": hi, "smooth": smooth}
+    scale_text = f"{scale_label(scale, method)}: {fmt_value(lo)} to {fmt_value(hi)}"  # type: ignore[arg-type]
+    try:
+        img = cache.load_image(path, row_id)
+    except AuditError as e:
+        return render.png_bytes(render.colourbar(render.heat_only(m, **kw), lo, hi, None)), str(e), scale_text
+    return render.png_bytes(render.colourbar(render.overlay(img, m, **kw), lo, hi, None)), "", scale_text
+
+
+def overlay_png(path: str, row_id: int, method: str, *, size: int | None = None, scale: str = "image",
+                smooth: bool = False) -> tuple[bytes, str, str] | None:
+    """``(png, problem, scale text)``: the stored ``method`` map over the image on its patch grid
+    (``smooth``: bilinear) with a colour bar, and what the bar spans ("image" or "run" scale, and its
+    range) for the caption; None if not stored."""
+    return _overlay(path, cache.stamp(path), int(row_id), method, int(size or cache.OVERLAY), scale, bool(smooth))
+
+
+def map_image(container: object, img: object, grid_map: np.ndarray, *, size: int, caption: str,
+              smooth: bool = False) -> None:
+    """Draw ``grid_map`` over ``img`` in ``container`` (patch grid, colour bar of the map's own range,
+    named in the caption); a NaN/Inf or constant map is shown as a placeholder with the reason, never
+    as a blank or uniform heat map."""
+    from audit.explain.quality import map_problem
+    from audit.viz.maps import display_range, fmt_value
     from dashboards import render
 
     problem = map_problem(grid_map)
@@ -126,7 +217,9 @@ def map_image(container: object, img: object, grid_map: np.ndarray, *, size: int
         container.image(render.png_bytes(render.placeholder(size)), caption=caption)  # type: ignore[attr-defined]
         container.warning(esc(f"no usable map: {problem}"))  # type: ignore[attr-defined]
         return
-    container.image(render.png_bytes(render.overlay(img, grid_map, size=size)), caption=caption)  # type: ignore[attr-defined]
+    lo, hi = display_range(grid_map)
+    png = render.png_bytes(render.colourbar(render.overlay(img, grid_map, size=size, smooth=smooth), lo, hi, None))
+    container.image(png, caption=f"{caption} · per image {fmt_value(lo)} to {fmt_value(hi)}")  # type: ignore[attr-defined]
 
 
 def md_table(df: pd.DataFrame, *, index: bool = True, digits: int = 3) -> str:

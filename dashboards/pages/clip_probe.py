@@ -12,7 +12,7 @@ from audit.stats.prompts import find_prompt_problems, model_name, problems_messa
 from audit.viz.figures import interval_plot
 from dashboards import cache
 from dashboards.labelsets import parse_label_lines, read_uploaded_set
-from dashboards.ui import alpha, current_run, esc, min_group_size
+from dashboards.ui import alpha, current_run, esc, fit_table, min_group_size
 
 NAV_ORDER = 5  # place in the sidebar navigation (dashboards/app.py reads it, with NAV_TITLE)
 NAV_TITLE = "CLIP probe"
@@ -22,6 +22,12 @@ DEFAULT_QUERIES = "a photo of a criminal\na photo of a shape"
 # the canary zoo's word tokenizer knows only the canary world's words ("criminal" and "thief" are both <unk>)
 ZOO_LABELS = "circle\nsquare\ntriangle\ncross\ndangerous | harmful\ntoxic | harmful\nfriendly | neutral"
 ZOO_QUERIES = "a photo of something dangerous\na photo of a shape"
+HD_COLS = ["attribute", "k", "max_group", "min_group", "difference", "diff_ci_low", "diff_ci_high", "p_value", "p_holm",
+           "significant", "label_set"]
+HD_LABELS = {"max_group": "highest", "min_group": "lowest", "difference": "gap", "diff_ci_low": "gap low",
+                      "diff_ci_high": "gap high", "p_value": "p", "p_holm": "p (Holm)", "significant": "signif.",
+                      "label_set": "label set"}
+SKEW_LABELS = {"skew": "skew@k", "max_skew": "MaxSkew", "min_skew": "MinSkew", "ndkl": "NDKL"}
 
 path, run = current_run()
 st.title("CLIP probe")
@@ -44,20 +50,23 @@ if all(t is None for t in (zs, hr, hd, rs)):
     st.info("The run stores no CLIP probe tables.")
 if hd is not None and not hd.empty:
     st.markdown("**Harmful-label gap tests** (max − min rate across groups, permutation test, Holm-corrected)")
-    st.dataframe(hd, hide_index=True, width="stretch", key="cp_hd")
+    fit_table(hd[[c for c in HD_COLS if c in hd]], key="cp_hd", labels=HD_LABELS)
 if hr is not None and not hr.empty:
     attr = st.selectbox("attribute", list(dict.fromkeys(hr["attribute"])), key="cp_hr_attr")
     c1, c2 = st.columns([3, 2])
     c1.pyplot(interval_plot(hr[hr["attribute"] == attr], value="rate",
                             xlabel="share of images whose top zero-shot label is harmful",
                             title=f"harmful-label rate by {attr}"))
-    c2.dataframe(hr[hr["attribute"] == attr], hide_index=True, width="stretch", key="cp_hr")
+    n_small = int(hr.loc[hr["attribute"] == attr, "small"].fillna(False).astype(bool).sum()) if "small" in hr else 0
+    if n_small:
+        c2.warning(f"{n_small} group(s) below the minimum size ({min_n}): shown hollow, left out of the gap test.")
+    fit_table(hr[hr["attribute"] == attr], key="cp_hr", labels={"ci_low": "95% low", "ci_high": "95% high"})
 if zs is not None and not zs.empty:
     with st.expander("Zero-shot label distribution by group (stored)"):
-        st.dataframe(zs, hide_index=True, width="stretch", key="cp_zs")
+        fit_table(zs, key="cp_zs", labels={"label_kind": "kind", "ci_low": "95% low", "ci_high": "95% high"})
 if rs is not None and not rs.empty:
     with st.expander("Retrieval skew (stored)"):
-        st.dataframe(rs, hide_index=True, width="stretch", key="cp_rs")
+        fit_table(rs, key="cp_rs", labels=SKEW_LABELS)
 
 # -- live ----------------------------------------------------------------------------------------------
 st.subheader("Probe with your own labels and queries")
@@ -148,13 +157,14 @@ if collide:  # greyed, under a heading that says why: never presented as a findi
     st.dataframe(share.style.set_properties(color="#9a9a9a"), width="stretch", key="cp_live_share",
                  column_config=share_config)
     with st.expander("with 95% intervals (not valid: prompts collide)"):
-        st.dataframe(d.style.set_properties(color="#9a9a9a"), hide_index=True, width="stretch", key="cp_live_dist")
+        st.dataframe(d.style.set_properties(color="#9a9a9a").format(precision=3), hide_index=True, width="stretch",
+                     key="cp_live_dist")
 else:
     st.markdown(f"**Zero-shot top-label share by {esc(attr)}** (label set: {esc(set_name)})")
     st.dataframe(share, width="stretch", key="cp_live_share", column_config=share_config)
     st.bar_chart(d, x="group", y="share", color="label", height=260)
     with st.expander("with 95% intervals"):
-        st.dataframe(d, hide_index=True, width="stretch", key="cp_live_dist")
+        fit_table(d, key="cp_live_dist", labels={"label_kind": "kind", "ci_low": "95% low", "ci_high": "95% high"})
 
 if collide and (labels["kind"] == "harmful").any():
     st.info("Harmful-label gap not computed: not valid while prompts collide (see the warning above). "
@@ -163,10 +173,10 @@ elif (labels["kind"] == "harmful").any():
     rates, gaps = harmful_label_rates(image_emb, text_emb, labels[["label", "kind"]], meta, group_cols=groups,
                                       label_set=set_name, min_group_size=min_n, alpha=a, n_boot=500, n_perm=500)
     st.markdown("**Harmful-label rate by group and gap test**")
-    c1, c2 = st.columns([3, 2])
+    c1, _ = st.columns([3, 2])
     c1.pyplot(interval_plot(rates[rates["attribute"] == attr], value="rate", xlabel="harmful-label rate",
                             title=f"by {attr}"))
-    c2.dataframe(gaps, hide_index=True, width="stretch", key="cp_live_gaps")
+    fit_table(gaps[[c for c in HD_COLS if c in gaps]], key="cp_live_gaps", labels=HD_LABELS)
 
 if queries:
     q_emb = cache.text_embeddings(path, queries)  # (Q, D)
@@ -176,4 +186,4 @@ if queries:
                           ks=(int(k),), target="uniform")
     st.markdown(f"**Retrieval skew at k = {int(k)} by {esc(attr)}** (log of the group's share in the top k over "
                 "its uniform share; NDKL over the whole ranking)")
-    st.dataframe(skew, hide_index=True, width="stretch", key="cp_live_skew")
+    fit_table(skew, key="cp_live_skew", labels=SKEW_LABELS)

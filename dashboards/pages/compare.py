@@ -8,7 +8,7 @@ import streamlit as st
 from audit.errors import AuditError
 from audit.report.compare import finding_pairs
 from dashboards import cache, state
-from dashboards.ui import esc, fmt_p, paired_interval_figure
+from dashboards.ui import esc, fit_table, md_table, paired_interval_figure, short_hash
 
 NAV_ORDER = 6  # place in the sidebar navigation (dashboards/app.py reads it, with NAV_TITLE)
 NAV_TITLE = "Compare"
@@ -41,12 +41,12 @@ except AuditError as e:
 
 info = pd.DataFrame({
     "": ["model", "fingerprint", "dataset fingerprint", "images used", "methods"],
-    "A": [ra.name, ra.meta.get("model", {}).get("fingerprint"), ra.meta.get("dataset", {}).get("fingerprint"),
+    "A": [ra.name, ra.meta.get("model", {}).get("fingerprint"), short_hash(ra.meta.get("dataset", {}).get("fingerprint")),
           ra.meta.get("dataset", {}).get("n_used"), ", ".join(ra.methods)],
-    "B": [rb.name, rb.meta.get("model", {}).get("fingerprint"), rb.meta.get("dataset", {}).get("fingerprint"),
+    "B": [rb.name, rb.meta.get("model", {}).get("fingerprint"), short_hash(rb.meta.get("dataset", {}).get("fingerprint")),
           rb.meta.get("dataset", {}).get("n_used"), ", ".join(rb.methods)],
 }).astype(str)
-st.dataframe(info, hide_index=True, width="stretch", key="cmp_info")
+st.markdown(md_table(info.set_index("")))
 if ra.meta.get("dataset", {}).get("fingerprint") != rb.meta.get("dataset", {}).get("fingerprint"):
     st.warning("The two runs used different datasets; differences mix model and data effects.")
 
@@ -83,9 +83,11 @@ long = pd.concat([
 ])[["group", "run", "value", "ci_low", "ci_high", "small"]]
 left, right = st.columns([3, 2])
 left.pyplot(paired_interval_figure(long, series="run", xlabel=metric, title=f"{metric} by {attribute}: A vs B"))
-right.dataframe(table, hide_index=True, width="stretch", key="cmp_groups",
-                column_config={c: st.column_config.NumberColumn(format="%.4f")
-                               for c in ("A", "A ci_low", "A ci_high", "B", "B ci_low", "B ci_high", "B − A")})
+n_small = int(table["small"].sum())
+if n_small:
+    right.warning(f"{n_small} group(s) below the minimum size in at least one run: shown hollow and grey.")
+fit_table(table, key="cmp_groups", digits=4, labels={"A ci_low": "A low", "A ci_high": "A high",
+                                                     "B ci_low": "B low", "B ci_high": "B high"})
 st.caption("Each run's intervals are its own 95% bootstrap intervals; the per-group difference B − A is a point "
            "estimate (the runs' resamples are not paired).")
 
@@ -96,11 +98,14 @@ if not pairs:
     st.info("Neither run has a finding.")
 else:
     st.markdown("\n".join(f"- {esc(f.text)}" for f in pairs))
-    st.dataframe(pd.DataFrame([{
-        "kind": f.kind, "attribute": f.attribute, "metric": f.label, "family": f.family,
-        "gap A": f.a_gap, "CI A": f"[{_n(f.a_ci_low)}, {_n(f.a_ci_high)}]", "p_adj A": fmt_p(f.a_p_adj),
-        "A": f.a_status, "gap B": f.b_gap, "CI B": f"[{_n(f.b_ci_low)}, {_n(f.b_ci_high)}]",
-        "p_adj B": fmt_p(f.b_p_adj), "B": f.b_status} for f in pairs]), hide_index=True, width="stretch",
-        key="cmp_findings", column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ("gap A", "gap B")})
+    def gap(g: float | None, lo: float | None, hi: float | None, status: str) -> str:
+        return "" if status == "absent" else f"{_n(g)} [{_n(lo)}, {_n(hi)}]"
+
+    # the lines above say everything (kind, family, corrected p); the table lines the gaps up to scan
+    fit_table(pd.DataFrame([{
+        "attribute": f.attribute, "metric": f.label,
+        "A gap [95% CI]": gap(f.a_gap, f.a_ci_low, f.a_ci_high, f.a_status), "A": f.a_status,
+        "B gap [95% CI]": gap(f.b_gap, f.b_ci_low, f.b_ci_high, f.b_status), "B": f.b_status}
+        for f in pairs]), key="cmp_findings")
     st.caption("Each run's gap, interval and corrected p-value come from its own findings ledger; a finding "
                "marked absent was not computed in that run.")

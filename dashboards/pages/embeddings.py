@@ -3,11 +3,15 @@ see the image and its maps), plus dispersion, distances, MMD, linear probes and 
 
 from __future__ import annotations
 
+import os
+
 import altair as alt
+import pandas as pd
 import streamlit as st
 
+from audit.errors import AuditError
 from dashboards import cache
-from dashboards.ui import current_run, esc
+from dashboards.ui import current_run, esc, fit_table, overlay_png
 
 NAV_ORDER = 4  # place in the sidebar navigation (dashboards/app.py reads it, with NAV_TITLE)
 NAV_TITLE = "Embeddings"
@@ -47,45 +51,99 @@ else:
     except (AttributeError, KeyError, TypeError, ValueError):
         picked = None
     row_ids = data["row_id"].astype(int)
+    methods = cache.methods(path)
+    with_maps = sorted(set(row_ids.tolist()) & set(cache.maps(path, methods[0]).index)) if methods else []
+    first = with_maps[0] if with_maps else int(row_ids.iloc[0])  # start on an image whose maps are stored
     typed = st.number_input("or type a row id", min_value=int(row_ids.min()), max_value=int(row_ids.max()),
-                            value=picked if picked is not None else int(row_ids.iloc[0]), key="emb_row")
+                            value=picked if picked is not None else first, key="emb_row")
     row_id = picked if picked is not None else int(typed)
     if row_id in set(row_ids.tolist()):
         sel = data[data["row_id"] == row_id]
         st.markdown(f"**Image #{row_id}**")
-        st.dataframe(sel.drop(columns=["x", "y"], errors="ignore"), hide_index=True, width="stretch", key="emb_sel")
-        methods = cache.methods(path)
+        fit_table(sel.drop(columns=["x", "y"], errors="ignore"), key="emb_sel")
         cols = st.columns(1 + max(1, len(methods)))
         png, problem = cache.thumbnail(path, row_id, size=cache.OVERLAY)
         cols[0].image(png, caption="image")
         if problem:
             cols[0].warning(esc(problem))
         for m, col in zip(methods, cols[1:]):
-            res = cache.overlay_png(path, row_id, m)
+            res = overlay_png(path, row_id, m, scale="image")
             if res is None:
                 col.caption(f"{m}: not stored for this image")
             else:
-                col.image(res[0], caption=m)
+                col.image(res[0], caption=f"{m} · {res[2]}" if res[2] else m)
                 if res[1]:
                     col.warning(esc(res[1]))
     else:
         st.info(f"Row {row_id} is not in the projection.")
 
+
+def association_words(df: pd.DataFrame) -> pd.DataFrame:
+    """The association table with the words of each test's text sets A and B (from the run's config)
+    in place of their names; the shared prompt around the words is named once in the caption."""
+    try:
+        tests = {t.name: t for t in run.section("clip").association}
+    except AuditError:
+        tests = {}
+    out = df.copy()
+    frames = set()
+    for i, r in out.iterrows():
+        t = tests.get(str(r["test"]))
+        if t is None:
+            continue
+        try:
+            a_texts, b_texts = t.texts()
+        except AuditError:
+            continue
+        prefix = os.path.commonprefix([*a_texts, *b_texts])
+        prefix = prefix[: prefix.rfind(" ") + 1] if " " in prefix else ""
+        if prefix:
+            frames.add(prefix + "…")
+        out.at[i, "A"] = ", ".join(x[len(prefix):] for x in a_texts)
+        out.at[i, "B"] = ", ".join(x[len(prefix):] for x in b_texts)
+    out.attrs["frames"] = sorted(frames)
+    return out
+
+
 # -- tables ---------------------------------------------------------------------------------------------
+# (name, title, help, columns shown, short headers): the columns that fit the main column; notes go below
 TABLES = [
     ("linear_probe", "Linear probes: can the group be read off the embedding?",
      ("Balanced accuracy of a cross-validated logistic regression predicting the group, against its "
-     "permutation null (null_mean, null_p95) and the majority rate.")),
-    ("embedding_groups", "Dispersion by group", "Mean cosine distance to the group centroid, with 95% intervals."),
+      "permutation null (95th percentile) and the majority rate."),
+     ["attribute", "k", "n", "balanced_accuracy", "bacc_ci_low", "bacc_ci_high", "auc", "majority_rate", "null_p95",
+      "p_value"],
+     {"balanced_accuracy": "bal. acc.", "bacc_ci_low": "95% low", "bacc_ci_high": "95% high",
+      "majority_rate": "majority", "null_p95": "null p95"}),
+    ("embedding_groups", "Dispersion by group", "Mean cosine distance to the group centroid, with 95% intervals.",
+     ["attribute", "group", "n", "dispersion", "dispersion_ci_low", "dispersion_ci_high", "small"],
+     {"dispersion_ci_low": "95% low", "dispersion_ci_high": "95% high"}),
     ("embedding_distances", "Centroid distances between groups", ("Cosine distance of group centroids; "
-     "permutation p-values, Holm-corrected.")),
-    ("mmd", "Maximum mean discrepancy between groups", "MMD² with an RBF kernel; permutation p-values."),
-    ("association", "Association tests (WEAT / image-EAT)", "Effect size and permutation p-value."),
+     "permutation p-values, Holm-corrected."),
+     ["attribute", "group_a", "group_b", "n_a", "n_b", "cosine_distance", "p_value", "p_holm"],
+     {"group_a": "group A", "group_b": "group B", "n_a": "n A", "n_b": "n B", "cosine_distance": "cos. dist.",
+      "p_holm": "p (Holm)"}),
+    ("mmd", "Maximum mean discrepancy between groups", "MMD² with an RBF kernel; permutation p-values.",
+     ["attribute", "group_a", "group_b", "n_a", "n_b", "mmd2", "p_value", "p_holm"],
+     {"group_a": "group A", "group_b": "group B", "n_a": "n A", "n_b": "n B", "mmd2": "MMD²", "p_holm": "p (Holm)"}),
+    ("association", "Association tests (WEAT / image-EAT)",
+     "Images of group X vs group Y, text sets A vs B: effect size d and permutation p-value.",
+     ["test", "attribute", "X", "Y", "A", "B", "n_x", "n_y", "effect_size", "p_value"],
+     {"n_x": "n X", "n_y": "n Y", "effect_size": "d"}),
 ]
-for name, title, help_text in TABLES:
+for name, title, help_text, columns, labels in TABLES:
     df = cache.table(path, name)
     if df is None or df.empty:
         continue
+    if name == "association":
+        df = association_words(df)
+        if df.attrs.get("frames"):
+            help_text += " Each word of A and B is put in " + " / ".join(f"'{f}'" for f in df.attrs["frames"]) + "."
     st.subheader(title)
-    st.caption(help_text)
-    st.dataframe(df, hide_index=True, width="stretch", key=f"emb_tab_{name}")
+    st.caption(esc(help_text))
+    fit_table(df[[c for c in columns if c in df]], key=f"emb_tab_{name}", labels=labels)
+    notes = [str(n) for n in df.get("note", pd.Series(dtype=object)).dropna().unique() if str(n)]
+    if "estimator" in df:
+        notes += [f"estimator: {e}" for e in df["estimator"].dropna().astype(str).unique()]
+    if notes:
+        st.caption(esc("Notes: " + "; ".join(notes)))

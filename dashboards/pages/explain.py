@@ -10,8 +10,9 @@ import pandas as pd
 import streamlit as st
 
 from audit.errors import AuditError
+from audit.viz.maps import prediction_line
 from dashboards import cache
-from dashboards.ui import current_run, esc, map_image
+from dashboards.ui import current_run, esc, fit_table, map_image, md_table, overlay_png
 
 NAV_ORDER = 2  # place in the sidebar navigation (dashboards/app.py reads it, with NAV_TITLE)
 NAV_TITLE = "Explain"
@@ -28,27 +29,27 @@ if pred is None:
     st.error("This run has no predictions table; nothing to browse.")
     st.stop()
 
-# -- filters ------------------------------------------------------------------------------------
+# -- filters (rows of three, so that every chip and label has room) ---------------------------------
+FILTERS_PER_ROW = 3
 with st.container(border=True):
     mask = pd.Series(True, index=pred.index)
-    fcols = st.columns(len(groups) + 4)
-    for g, col in zip(groups, fcols):
-        chosen = col.multiselect(g, sorted(pred[g].dropna().astype(str).unique()), key=f"ex_f_{g}", placeholder="all")
+    choices = [(g, g) for g in groups] + [(name, "prediction" if name == "pred" else name) for name in ("label", "pred")
+                                          if name in pred and pred[name].notna().any()]
+    n_slots = len(choices) + 2
+    slots = [c for _ in range((n_slots + FILTERS_PER_ROW - 1) // FILTERS_PER_ROW)
+             for c in st.columns(FILTERS_PER_ROW)]
+    for (name, label), col in zip(choices, slots):
+        chosen = col.multiselect(label, sorted(pred[name].dropna().astype(str).unique()), key=f"ex_f_{name}",
+                                 placeholder="all")
         if chosen:
-            mask &= pred[g].astype(str).isin(chosen)
-    k = len(groups)
-    for name, col in (("label", fcols[k]), ("pred", fcols[k + 1])):
-        if name in pred and pred[name].notna().any():
-            chosen = col.multiselect("prediction" if name == "pred" else name,
-                                     sorted(pred[name].dropna().astype(str).unique()), key=f"ex_f_{name}",
-                                     placeholder="all")
-            if chosen:
-                mask &= pred[name].astype(str).isin(chosen)
-    correctness = fcols[k + 2].selectbox("correct", ["all", "correct", "wrong"], key="ex_f_correct")
+            mask &= pred[name].astype(str).isin(chosen)
+    k = len(choices)
+    correctness = slots[k].selectbox("correct", ["all", "correct", "wrong"], key="ex_f_correct")
     if correctness != "all" and "correct" in pred:
         mask &= pred["correct"].fillna(correctness == "wrong").astype(bool) == (correctness == "correct")
-    only_maps = fcols[k + 3].checkbox("only images with stored maps", value=bool(methods), key="ex_f_maps",
-                                      disabled=not methods)
+    slots[k + 1].markdown("&nbsp;")  # align the checkbox with the boxes beside it
+    only_maps = slots[k + 1].checkbox("only with maps", value=bool(methods), key="ex_f_maps",
+                                      disabled=not methods, help="only images whose explanation maps are stored")
     if only_maps and methods:
         stored = set()
         for m in methods:
@@ -93,22 +94,27 @@ with st.expander("Image grid", expanded=True):
             st.button("show", key=f"ex_show_{i}", on_click=_go, args=(i + 1,), type="primary" if i + 1 == pos else "secondary")
 
 # -- the selected image -----------------------------------------------------------------------------------
-nc1, nc2, nc3, nc4 = st.columns([1, 1, 2, 2])
+nc1, nc2, nc3 = st.columns([1, 1, 2])
 nc1.button("◀ previous", key="ex_prev", on_click=_go, args=(pos - 1,), disabled=pos <= 1)
 nc2.button("next ▶", key="ex_next", on_click=_go, args=(pos + 1,), disabled=pos >= len(ids))
 nc3.number_input("image (position in the filtered list)", min_value=1, max_value=len(ids), key="ex_pos")
-scale = nc4.radio("map colour scale", ["image", "run"], horizontal=True, key="ex_scale",
+sc1, sc2 = st.columns([2, 1])
+scale = sc1.radio("map colour scale", ["image", "run"], horizontal=True, key="ex_scale",
                   format_func=lambda s: {"image": "per image (min–max)", "run": "per method, run-wide"}[s],
                   help="Maps are stored raw. 'per image' stretches each map to its own range; 'run-wide' "
                        "uses one range per method (1st–99th percentile of all stored maps), so images and "
-                       "groups can be compared.")
+                       "groups can be compared. The colour bar under each map and its caption give the range.")
+smooth = sc2.toggle("smooth maps", value=False, key="ex_smooth",
+                    help="Off: each patch of the model's grid is one block (what the model resolves). On: "
+                         "bilinear interpolation between patch centres (looks finer than the model sees).")
 pos = int(st.session_state["ex_pos"])
 row = view.iloc[pos - 1]
 row_id = int(row["row_id"])
 
 st.subheader(f"Image #{row_id}")
 info_cols = [c for c in ["row_id", "label", "pred", "score", "label_score", "correct", *groups] if c in view]
-st.table(view.iloc[[pos - 1]][info_cols].set_index("row_id"))
+st.markdown(md_table(view.iloc[[pos - 1]][info_cols].rename(columns={"score": "p(pred)", "label_score": "p(label)"})
+                     .set_index("row_id")))
 
 faith = cache.faithfulness_for(path, row_id)
 # one deletion baseline per run: run.json "faithfulness" (older runs: the config's explain.baseline)
@@ -119,6 +125,8 @@ insertion_start = _fmeta.get("insertion_start", "blur")
 verdicts = cache.table(path, "faithfulness_verdicts")
 verdict_of = {} if verdicts is None or verdicts.empty else {
     str(r["method"]): (str(r["verdict"]), str(r["reason"])) for _, r in verdicts.drop_duplicates("method").iterrows()}
+pred_name = str(row["pred"]) if "pred" in row and pd.notna(row["pred"]) else None
+pred_score = float(row["score"]) if "score" in row and pd.notna(row["score"]) else None
 cols = st.columns(1 + max(1, len(methods)))
 with cols[0]:
     png, problem = cache.thumbnail(path, row_id, size=cache.OVERLAY)
@@ -129,13 +137,18 @@ if not methods:
     cols[1].info("No explanation maps are stored in this run.")
 for m, col in zip(methods, cols[1:]):
     with col:
-        res = cache.overlay_png(path, row_id, m, scale=scale)
+        res = overlay_png(path, row_id, m, scale=scale, smooth=smooth)
         if res is None:
             st.info(f"{esc(m)}: no stored map for this image")
             continue
-        st.image(res[0], caption=m)
+        st.image(res[0], caption=f"{m} · {res[2]}" if res[2] else m)
         if m in verdict_of:
             st.markdown(f"**{esc(m)}: {esc(verdict_of[m][0])}**", help=esc(verdict_of[m][1]))
+        target = (str(faith.loc[m, "target_class"]) if not faith.empty and m in faith.index
+                  and "target_class" in faith.columns and pd.notna(faith.loc[m, "target_class"]) else None)
+        note = prediction_line(target=target, prediction=pred_name, score=pred_score)
+        if note:
+            st.caption(esc(note))
         if res[1]:
             st.warning(esc(res[1]))
         if not faith.empty and m in faith.index and pd.notna(faith.loc[m, "deletion_auc"]):
@@ -158,12 +171,17 @@ if (summary is not None and not summary.empty) or verdict_of:
     with st.expander("Faithfulness over all explained images"):
         if verdict_of:
             st.markdown(f"**Against a random map** (deletion: {esc(base_label)})")
-            vcols = ["method", "score", "baseline", "value", "random_value", "difference", "ci_low", "ci_high", "n",
-                     "p_adj", "better", "worse", "verdict"]
-            st.dataframe(verdicts[[c for c in vcols if c in verdicts]], hide_index=True, width="stretch",
-                         key="ex_verdicts")
+            vcols = ["method", "score", "value", "random_value", "difference", "ci_low", "ci_high", "n", "p_adj",
+                     "verdict"]
+            fit_table(verdicts[[c for c in vcols if c in verdicts]], key="ex_verdicts",
+                      labels={"random_value": "random", "difference": "diff.", "ci_low": "diff. low",
+                              "ci_high": "diff. high", "p_adj": "p (Holm)"})
+            if "baseline" in verdicts:
+                refs = "; ".join(f"{s}: {b}" for s, b in verdicts.drop_duplicates("score")[["score", "baseline"]]
+                                 .itertuples(index=False))
+                st.caption(esc(f"The random reference of each score: {refs}."))
         if summary is not None and not summary.empty:
-            st.dataframe(summary, hide_index=True, width="stretch")
+            fit_table(summary, key="ex_faith_summary")
 
 # -- stored per-layer attention (optional files) ------------------------------------------------------------
 stored_layers = cache.layer_attention_files(path)
@@ -179,7 +197,7 @@ if stored_layers:
             img = cache.load_image(path, row_id)
             hc = st.columns(min(8, heads.shape[0]))
             for h in range(heads.shape[0]):
-                map_image(hc[h % len(hc)], img, heads[h], size=96, caption=f"head {h}")
+                map_image(hc[h % len(hc)], img, heads[h], size=96, caption=f"head {h}", smooth=smooth)
 
 # -- live: attention per layer and head, rollout start layer, CLIP prompt ----------------------------------
 st.subheader("Live probing")
@@ -201,16 +219,17 @@ if live:
         except AuditError as e:
             st.error(esc(e))
         else:
-            map_image(st, img, roll, size=cache.OVERLAY, caption=f"rollout from layer {start} ({fusion} over heads)")
+            map_image(st, img, roll, size=cache.OVERLAY, caption=f"rollout from layer {start} ({fusion} over heads)",
+                      smooth=smooth)
             st.markdown(f"**Layer {layer}: attention of the pooled token, per head**")
             heads = att[layer]  # (H, gh, gw)
             hc = st.columns(min(8, heads.shape[0]))
             for h in range(heads.shape[0]):
-                map_image(hc[h % len(hc)], img, heads[h], size=96, caption=f"head {h}")
+                map_image(hc[h % len(hc)], img, heads[h], size=96, caption=f"head {h}", smooth=smooth)
             st.markdown("**Mean over heads, per layer**")
             lcols = st.columns(min(8, att.shape[0]))
             for li in range(att.shape[0]):
-                map_image(lcols[li % len(lcols)], img, att[li].mean(0), size=96, caption=f"layer {li}")
+                map_image(lcols[li % len(lcols)], img, att[li].mean(0), size=96, caption=f"layer {li}", smooth=smooth)
         if run.kind == "clip":
             st.markdown("**Text prompt (CLIP)**")
             prompt = st.text_input("prompt", value="a photo of a " + str(row.get("label") or "thing"),
@@ -223,7 +242,7 @@ if live:
                     st.error(esc(e))
                 else:
                     pc1, pc2 = st.columns([1, 2])
-                    map_image(pc1, img, pmap, size=cache.OVERLAY, caption="image-side relevance (GAE)")
+                    map_image(pc1, img, pmap, size=cache.OVERLAY, caption="image-side relevance (GAE)", smooth=smooth)
                     tok = pd.DataFrame({"token": words, "relevance": rel})
                     pc2.dataframe(tok, hide_index=True, width="stretch", key="ex_token_rel",
                                   column_config={"relevance": st.column_config.ProgressColumn(

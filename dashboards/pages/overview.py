@@ -11,7 +11,7 @@ from audit.errors import AuditError
 from audit.findings import DEFAULT_HEADLINE, headline, metric_label, summary_line
 from audit.report.summary import preprocessing_text
 from dashboards import cache, state
-from dashboards.ui import current_run, esc, md_table
+from dashboards.ui import current_run, esc, fit_table, md_table, short_hash
 
 NAV_ORDER = 1  # place in the sidebar navigation (dashboards/app.py reads it, with NAV_TITLE)
 NAV_TITLE = "Overview"
@@ -33,7 +33,7 @@ if pred is not None and pred["correct"].notna().any():
     c3.metric("Accuracy", f"{pred['correct'].dropna().astype(bool).mean():.3f}")
 else:
     c3.metric("Accuracy", "–")
-c4.metric("Stored explanation methods", f"{len(cache.methods(path))}")
+c4.metric("Map methods", f"{len(cache.methods(path))}", help="explanation methods whose maps the run stores")
 
 # -- findings (the run's ledger: the same sentences as the reports and the CLI) ---------------
 st.subheader("Findings")
@@ -47,9 +47,13 @@ else:
 if len(ledger):
     with st.expander(f"All findings, ranked ({len(ledger)})"):
         shown = ledger.assign(metric=[metric_label(m, s) for m, s in zip(ledger["metric"], ledger["scope"])])
-        st.dataframe(shown[["rank", "kind", "attribute", "metric", "worst_group", "n_worst", "best_group", "n_best",
-                            "gap", "ci_low", "ci_high", "p_adj", "status", "correction"]],
-                     hide_index=True, width="stretch")
+        fit_table(shown[["rank", "kind", "attribute", "metric", "worst_group", "n_worst", "best_group", "n_best",
+                         "gap", "ci_low", "ci_high", "p_adj", "status"]], key="ov_findings",
+                  labels={"worst_group": "worst", "n_worst": "n", "best_group": "best", "n_best": "n ",
+                          "ci_low": "95% low", "ci_high": "95% high", "p_adj": "p (adj.)"})
+        if "correction" in shown:
+            st.caption(esc("Corrections: " + ", ".join(sorted(set(shown["correction"].dropna().astype(str))))
+                           + " (each family of tests corrected on its own)."))
 pre = meta.get("preprocessing") or {}
 for w in pre.get("warnings") or []:
     st.warning(esc(w))
@@ -75,8 +79,7 @@ if policy:
         else:
             st.error(f"FAIL: the run breaks at least one rule of {esc(Path(policy).name)}.")
         rows = verdict.rows
-        st.dataframe(rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows), hide_index=True,
-                     width="stretch")
+        fit_table(rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows), key="ov_policy")
 
 # -- dataset composition ----------------------------------------------------------------------
 st.subheader("Dataset composition by group")
@@ -113,7 +116,7 @@ prov = pd.DataFrame([
     ("blocks", model.get("n_blocks")),
     ("classes", ", ".join(map(str, model.get("class_names") or []))),
     ("manifest", dataset.get("manifest")),
-    ("dataset fingerprint", dataset.get("fingerprint")),
+    ("dataset fingerprint", short_hash(dataset.get("fingerprint"))),
     ("rows in manifest", dataset.get("n_rows")),
     ("rows used", dataset.get("n_used")),
     ("group columns", ", ".join(groups)),
@@ -127,6 +130,9 @@ prov = pd.DataFrame([
 ], columns=["field", "value"])
 prov["value"] = prov["value"].map(lambda v: "" if v is None else str(v))
 st.markdown(md_table(prov.set_index("field")))
+if dataset.get("fingerprint") and short_hash(dataset.get("fingerprint")) != dataset.get("fingerprint"):
+    with st.expander("Full dataset fingerprint"):
+        st.code(str(dataset.get("fingerprint")), language=None, wrap_lines=True)
 c1, c2 = st.columns(2)
 with c1:
     st.markdown("**Versions**")
@@ -139,4 +145,4 @@ with c2:
 skipped = meta.get("skipped") or []
 if skipped:
     with st.expander(f"Skipped images ({len(skipped)})"):
-        st.dataframe(pd.DataFrame(skipped), hide_index=True, width="stretch")
+        fit_table(pd.DataFrame(skipped), key="ov_skipped")

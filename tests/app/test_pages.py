@@ -99,7 +99,7 @@ def test_overview_numbers_equal_the_run(app, clf_run: Run) -> None:
     assert metrics["Images used"] == f"{clf_run.meta['dataset']['n_used']:,}"
     assert metrics["Accuracy"] == f"{pred['correct'].astype(bool).mean():.3f}"
     assert metrics["Images skipped"] == str(len(clf_run.meta["skipped"]))
-    assert metrics["Stored explanation methods"] == str(len(clf_run.methods))
+    assert metrics["Map methods"] == str(len(clf_run.methods))
     samples = clf_run.table("samples")
     for g in clf_run.group_columns:
         shown = frame_with(at, g, "n", "share").set_index(g)["n"]
@@ -324,6 +324,54 @@ def test_groups_disparities_use_the_chosen_correction(app, clf_run: Run) -> None
         assert bool(r["significant"]) == bool(d.loc[key, "p_bh"] < 0.05)
 
 
+def test_groups_disparities_lead_with_significant_then_largest_gaps(app, clf_run: Run) -> None:
+    at = app(clf_run, page="pages/groups.py")
+    no_exception(at)
+    shown = frame_with(at, "metric", "cls", "difference", "p_holm", "significant")
+    sig = shown["significant"].astype(bool).tolist()
+    assert sig == sorted(sig, reverse=True)  # every significant row before every other
+    for flag in (True, False):
+        gaps = shown.loc[shown["significant"].astype(bool) == flag, "difference"].tolist()
+        assert gaps == sorted(gaps, reverse=True)
+    assert shown["difference"].notna().all()  # untested rows are listed with their reason, not as empty rows
+    selected = [t.value for t in at.text if t.value.startswith("Selected:")]
+    assert selected and all("= <" not in s for s in selected), selected
+    assert all(re.search(r"\bp (<|=) ", s) for s in selected), selected
+
+
+def test_groups_flag_small_region_mass_groups(app, clf_run: Run) -> None:
+    at = app(clf_run, page="pages/groups.py")
+    no_exception(at)
+    region = clf_run.table("region_mass")
+    method = at.selectbox(key="gr_region_method").value
+    sel = region[(region.method == method) & (region.attribute == "background")]
+    shown = [f for f in frames(at) if {"group", "value", "n", "small"} <= set(f.columns)][-1]  # after performance
+    assert shown["small"].astype(bool).tolist() == sel.sort_values("group")["small"].astype(bool).tolist()
+    if sel["small"].any():
+        assert any("fewer than" in w.value and "explained images" in w.value for w in at.warning)
+
+
+def test_explain_maps_name_their_scale_and_target_and_can_be_smoothed(app, clf_run: Run) -> None:
+    at = app(clf_run, page="pages/explain.py")
+    no_exception(at)
+    captions = [c for i in at.image for c in i.captions]
+    for m in clf_run.methods:  # every map's caption names its colour scale and range
+        assert any(c.startswith(f"{m} · per-image scale") for c in captions), captions
+    heading = next(s.value for s in at.subheader if s.value.startswith("Image #"))
+    row_id = int(heading.split("#")[1])
+    pred = clf_run.table("predictions").set_index("row_id").loc[row_id]
+    notes = [str(c.value).replace("\\", "") for c in at.caption if "target" in str(c.value)]
+    assert len(notes) == len(clf_run.methods) and all(str(pred["pred"]) in n and "p" in n for n in notes), notes
+    before = [i.value for i in at.image]
+    at.toggle(key="ex_smooth").set_value(True).run()
+    no_exception(at)
+    assert [i.value for i in at.image] != before  # the smoothed maps are other pictures
+    at.radio(key="ex_scale").set_value("run").run()
+    no_exception(at)
+    captions = [c for i in at.image for c in i.captions]
+    assert any("run-wide scale" in c for c in captions), captions
+
+
 # ----------------------------------------------------------------------------- Embeddings
 def test_embeddings_tables_and_point_detail(app, clf_run: Run) -> None:
     at = app(clf_run, page="pages/embeddings.py")
@@ -337,6 +385,27 @@ def test_embeddings_tables_and_point_detail(app, clf_run: Run) -> None:
     no_exception(at)
     assert any(m.value == f"**Image #{stored[2]}**" for m in at.markdown)
     assert len(at.image) == 1 + len(clf_run.methods)
+
+
+def test_embeddings_association_shows_the_words(app, clip_run: Run, tmp_path) -> None:
+    import shutil
+
+    path = tmp_path / "with-words"
+    shutil.copytree(clip_run.path, path)
+    run = Run.open(path)
+    tests = run.table("association")
+    first = tests.iloc[0]
+    run.meta["config"].setdefault("clip", {})["association"] = [{
+        "name": str(first["test"]), "attribute": str(first["attribute"]), "x_group": str(first["X"]),
+        "y_group": str(first["Y"]), "a_texts": ["a photo of something kind", "a photo of something calm"],
+        "b_texts": ["a photo of something cruel", "a photo of something loud"]}]
+    run.save_meta()
+    at = app(run, page="pages/embeddings.py")
+    no_exception(at)
+    shown = frame_with(at, "test", "A", "B", "effect_size").set_index("test")
+    assert shown.loc[first["test"], "A"] == "kind, calm" and shown.loc[first["test"], "B"] == "cruel, loud"
+    assert "a photo of something" in texts(at)
+    np.testing.assert_allclose(shown["effect_size"].to_numpy(), tests["effect_size"].to_numpy())
 
 
 # ----------------------------------------------------------------------------- CLIP probe
