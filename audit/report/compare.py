@@ -343,13 +343,14 @@ def _limitations(s: ComparisonSummary) -> list[str]:
 
 def write_comparison(a: Run, b: Run, out_dir: Path, formats: Sequence[str]) -> dict[str, Path]:
     """Write comparison.html / .md / .pdf / .json into ``out_dir``."""
+    from audit.report.pdf import REPORT_DPI
     from audit.viz.figures import comparison_plot, figure_to_png_bytes
 
     s = compare_runs(a, b)
     out_dir.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
     sel = [r.model_dump() for r in s.rows if r.kind != "group" or not r.small]
-    png = figure_to_png_bytes(comparison_plot([r for r in sel if r["kind"] != "group"] or sel))
+    png = figure_to_png_bytes(comparison_plot([r for r in sel if r["kind"] != "group"] or sel), dpi=REPORT_DPI)
     if "json" in formats:
         write_json(out_dir / "comparison.json", s.model_dump(mode="json"))
         out["json"] = readable(out_dir / "comparison.json")
@@ -357,7 +358,8 @@ def write_comparison(a: Run, b: Run, out_dir: Path, formats: Sequence[str]) -> d
         from audit.report.html import b64, environment
 
         html = environment().get_template("compare.html.j2").render(
-            s=s, figure=b64(png), css=(Path(__file__).parent / "templates" / "report.css").read_text("utf-8"))
+            s=s, figure=b64(png), provenance=_provenance_rows(s),
+            css=(Path(__file__).parent / "templates" / "report.css").read_text("utf-8"))
         write_text(out_dir / "comparison.html", html)
         out["html"] = out_dir / "comparison.html"
     if "md" in formats:
@@ -366,7 +368,8 @@ def write_comparison(a: Run, b: Run, out_dir: Path, formats: Sequence[str]) -> d
 
         (out_dir / "figures").mkdir(exist_ok=True)
         write_bytes(out_dir / "figures" / "comparison.png", png)
-        md = md_env().get_template("compare.md.j2").render(s=s, figure=MdSafe("figures/comparison.png"))
+        md = md_env().get_template("compare.md.j2").render(s=s, figure=MdSafe("figures/comparison.png"),
+                                                          provenance=_provenance_rows(s))
         write_text(out_dir / "comparison.md", md)
         out["md"] = out_dir / "comparison.md"
     if "pdf" in formats:
@@ -376,36 +379,95 @@ def write_comparison(a: Run, b: Run, out_dir: Path, formats: Sequence[str]) -> d
     return out
 
 
+def _provenance_rows(s: ComparisonSummary) -> list[tuple[str, str, str]]:
+    """(field, run A, run B): what each compared run is, for the comparison's provenance table."""
+    from audit.report.summary import preprocessing_text
+
+    a, b = s.run_a, s.run_b
+
+    def both(name: str, f) -> tuple[str, str, str]:  # noqa: ANN001
+        return name, str(f(a)), str(f(b))
+
+    return [
+        both("model spec", lambda p: p.model_spec or "n/a"),
+        both("kind / family", lambda p: f"{p.model_kind} / {p.model_family}"),
+        both("checkpoint", lambda p: p.checkpoint or "none (hub weights)"),
+        both("model fingerprint", lambda p: p.fingerprint or "n/a"),
+        both("dataset manifest", lambda p: p.dataset_manifest or "n/a"),
+        both("dataset fingerprint", lambda p: p.dataset_fingerprint or "n/a"),
+        both("images", lambda p: f"{fmt(p.n_used, 'int')} used of {fmt(p.n_rows, 'int')} rows "
+                                 f"({fmt(p.n_skipped, 'int')} skipped)"),
+        both("group columns", lambda p: ", ".join(p.group_columns) or "none"),
+        both("preprocessing", lambda p: preprocessing_text(p.preprocessing)),
+        both("explanation methods", lambda p: ", ".join(p.methods) or "none"),
+        both("device / dtype / backend", lambda p: f"{p.device} / {p.dtype} / {p.backend}"),
+        both("run id", lambda p: p.run_id or "n/a"),
+        both("run created / finished", lambda p: f"{p.run_created} / {p.run_finished}"),
+        both("versions", lambda p: ", ".join(f"{k} {v}" for k, v in p.versions.items()) or "n/a"),
+    ]
+
+
 def _render_pdf(s: ComparisonSummary, path: str | os.PathLike[str], png: bytes) -> None:
+    """comparison.pdf (landscape A4): provenance of both runs, the findings of both ledgers side by side,
+    the worst-group differences, every group's difference and the disparity tests of both runs."""
     from reportlab.lib.pagesizes import A4, landscape
     from reportlab.lib.units import cm
-    from reportlab.platypus import SimpleDocTemplate
+    from reportlab.platypus import KeepTogether, SimpleDocTemplate
 
-    from audit.report.pdf import P, _image, _styles, _table
+    from audit.report.pdf import HOLM_RESULT, P, _image, _styles, _table
 
     st = _styles()
+    title = f"Comparison: {s.run_a.model_name} (A) vs {s.run_b.model_name} (B)"
     doc = SimpleDocTemplate(str(path), pagesize=landscape(A4), leftMargin=1.4 * cm, rightMargin=1.4 * cm,
-                            topMargin=1.4 * cm, bottomMargin=1.4 * cm, title="vision-audit comparison")
+                            topMargin=1.4 * cm, bottomMargin=1.4 * cm, title=title, author="vision-audit",
+                            subject="comparison of two audits")
     W, H = doc.width, doc.height
-    story = [P(f"Comparison: {s.run_a.model_name} (A) vs {s.run_b.model_name} (B)", st["title"]),
-             P(f"Generated {s.generated}; differences are B - A with {s.n_boot} bootstrap resamples per run and "
-               "group (each run resampled independently).", st["note"]),
-             P("Findings", st["h2"])]
+
+    def result(gap: float | None, sig: bool | None) -> str:
+        return "not tested" if gap is None or sig is None else HOLM_RESULT[bool(sig)]
+
+    story = [P(title, st["title"]),
+             P(f"Generated {s.generated} by vision-audit {s.tool.version}; comparison.json schema version "
+               f"{s.schema_version}; runs {s.run_a.run_id} (A) and {s.run_b.run_id} (B). Differences are B - A, "
+               f"with {s.n_boot} bootstrap resamples per run and group (each run resampled independently; "
+               f"seed {s.seed}); groups below {s.min_group_size} images in a run are shown, not compared.",
+               st["note"]),
+             P("Model and data provenance", st["h2"]),
+             _table(st, ["field", "run A", "run B"], _provenance_rows(s), width=W, col_frac=[1, 2.5, 2.5]),
+             P("Findings", st["h2"]),
+             P("Each line is a finding that leads run A or run B, read from the two runs' findings ledgers, with "
+               "each run's own gap, interval and corrected p-value.", st["lead"])]
     story += [P(h, st["bullet"], bullet=True) for h in s.headline]
-    story.append(_image(png, W, H * 0.8))
+    story.append(KeepTogether([
+        P("Worst group per attribute and metric: B - A", st["h2"]),
+        P("Point and 95% interval of the difference; filled: the interval excludes 0.", st["lead"]),
+        _image(png, W * 0.75, H * 0.6)]))
     story.append(P("Per group and metric", st["h2"]))
+    story.append(P(f"Shaded rows are below the minimum size ({s.min_group_size}) in at least one run.", st["lead"]))
     story.append(_table(st, ["kind", "attribute", "group", "metric", "n A", "n B", "A", "A interval", "B", "B interval",
                              "B - A", "95% interval of B - A"],
                         [(r.kind, r.attribute, r.group, r.metric, fmt(r.n_a, "int"), fmt(r.n_b, "int"), fmt(r.a),
                           fmt_ci(r.a_ci_low, r.a_ci_high), fmt(r.b), fmt_ci(r.b_ci_low, r.b_ci_high),
                           fmt(r.diff, "diff"), fmt_ci(r.diff_ci_low, r.diff_ci_high, "diff")) for r in s.rows],
-                        width=W, col_frac=[1, 1.4, 1.4, 1.3, 0.5, 0.5, 0.6, 1.1, 0.6, 1.1, 0.7, 1.3],
-                        shaded=[r.small for r in s.rows]))
+                        width=W, shaded=[r.small for r in s.rows]))
     story.append(P("Disparity tests side by side", st["h2"]))
-    story.append(_table(st, ["attribute", "metric", "A gap", "A interval", "A Holm p", "B gap", "B interval", "B Holm p"],
+    story.append(P("The range test of each whole-task metric in each run (max - min across groups, permutation test, "
+                   "Holm-corrected within the run).", st["lead"]))
+    story.append(_table(st, ["attribute", "metric", "A gap", "A interval", "A Holm p", "A result", "B gap",
+                             "B interval", "B Holm p", "B result"],
                         [(d.attribute, d.key, fmt(d.a_difference), fmt_ci(d.a_ci_low, d.a_ci_high),
-                          fmt(d.a_p_holm, "p"), fmt(d.b_difference), fmt_ci(d.b_ci_low, d.b_ci_high),
-                          fmt(d.b_p_holm, "p")) for d in s.disparities], width=W))
+                          fmt(d.a_p_holm, "p"), result(d.a_difference, d.a_significant), fmt(d.b_difference),
+                          fmt_ci(d.b_ci_low, d.b_ci_high), fmt(d.b_p_holm, "p"), result(d.b_difference, d.b_significant))
+                         for d in s.disparities], width=W))
     story.append(P("Limitations", st["h2"]))
     story += [P(x, st["bullet"], bullet=True) for x in s.limitations]
-    doc.build(story)
+
+    def _footer(canvas, doc_) -> None:  # noqa: ANN001
+        canvas.saveState()
+        canvas.setFont("Helvetica", 7)
+        canvas.setFillGray(0.4)
+        canvas.drawString(doc_.leftMargin, 0.7 * cm, f"vision-audit {title}"[:150])
+        canvas.drawRightString(doc_.leftMargin + doc_.width, 0.7 * cm, f"page {doc_.page}")
+        canvas.restoreState()
+
+    doc.build(story, onFirstPage=_footer, onLaterPages=_footer)

@@ -1,8 +1,14 @@
-"""MODEL_CARD.md: fill a Hugging Face model card's "Bias, Risks, and Limitations" and
-"Evaluation" sections from an audit (huggingface_hub's ModelCard / ModelCardData, offline).
+"""MODEL_CARD.md: a Hugging Face model card filled from an audit (huggingface_hub's ModelCard /
+ModelCardData, offline).
 
-Without a base card the default huggingface_hub template is used. With ``base`` (an existing
-README.md / model card) only those two level-2 sections are replaced (or appended when
+Without a base card, the card (``templates/modelcard.md.j2``, the Hugging Face sections) fills every
+section the run can fill: the model description and input, direct and out-of-scope use as the
+audit measured them, bias, risks and limitations (from the findings ledger), how to load the model,
+evaluation, model examination (explanation methods, their verdicts and the sanity check), the
+architecture, the audit's software and hardware, a glossary. What only the model owner can write
+(who made it, licence, training data and procedure, compute, citation, contact) is listed once, in
+its own section, instead of a placeholder in every field. With ``base`` (an existing README.md /
+model card) only "Bias, Risks, and Limitations" and "Evaluation" are replaced (or appended when
 missing); everything else, the YAML metadata included, is kept.
 """
 
@@ -15,7 +21,22 @@ from pathlib import Path
 from audit.report.markdown import md_escape
 from audit.report.summary import AuditSummary, fmt, fmt_ci
 
+TEMPLATE = Path(__file__).parent / "templates" / "modelcard.md.j2"
 BIAS_HEADING = "Bias, Risks, and Limitations"
+OWNER_HEADING = "Information only the model owner can give"
+#: (section of the Hugging Face card, what belongs there): nothing in a run can say these
+OWNER_ITEMS = [
+    ("Model Details", "who developed, funded and shared the model; its licence; the model it was fine-tuned from"),
+    ("Model Sources", "repository, paper and demo"),
+    ("Uses", "the uses the model is intended for (direct and downstream) and those it must not be used for beyond "
+             "what the audit measured"),
+    ("Training Details", "training data, preprocessing of the training data, training procedure, hyperparameters "
+                         "and regime (precision), speeds, sizes and times"),
+    ("Environmental Impact", "hardware, hours, cloud provider, region and carbon emitted in training"),
+    ("Compute Infrastructure", "the infrastructure the model was trained on"),
+    ("Citation", "BibTeX and APA citation"),
+    ("Model Card Contact", "who to contact about the model and this card"),
+]
 EVAL_HEADING = "Evaluation"
 MAIN_METRICS = ("accuracy", "balanced_accuracy")
 
@@ -114,6 +135,109 @@ def replace_section(text: str, heading: str, body: str) -> str:
     return text[: m.start()] + block + text[end:]
 
 
+def _code(text: str) -> str:
+    """A fenced Python block whose fence no line of ``text`` can close."""
+    fence = "```"
+    while fence in text:
+        fence += "`"
+    return f"{fence}python\n{text}\n{fence}"
+
+
+def _plain(value: object) -> str:
+    """Text for a Markdown paragraph (escaped)."""
+    return md_escape("" if value is None else value)
+
+
+def card_parts(s: AuditSummary) -> dict[str, str]:
+    """Every field of ``templates/modelcard.md.j2`` that the run can fill (Markdown, data escaped)."""
+    from audit.report.summary import preprocessing_text
+
+    p = s.provenance
+    kind = "CLIP model (image and text towers), used as a zero-shot classifier" if p.model_kind == "clip" \
+        else "image classifier"
+    classes = ", ".join(p.class_names)
+    spec_args = [repr(p.model_spec or "")] + ([f"checkpoint={p.checkpoint!r}"] if p.checkpoint else [])
+    last = ("embedding = model.encode_image(x[None])  # zero-shot classes: audit.models.zeroshot.ZeroShotHead"
+            if p.model_kind == "clip" else "probabilities = model.logits(x[None]).softmax(-1)")
+    get_started = _code("from audit.models import load_model\n\n"
+                        f"model = load_model({', '.join(spec_args)})\n"
+                        "x = model.preprocess.transform()(image)  # a PIL image; the preprocessing the audit used\n"
+                        + last)
+    from audit.findings import OUTCOME_KINDS
+
+    sig = [f for f in s.findings if f.significant and f.kind in OUTCOME_KINDS and f.attribute and f.worst_group]
+    worst = ", ".join(dict.fromkeys(f"{f.attribute}={f.worst_group}" for f in sig))
+    out_of_scope = ("The audit covered only the groups of its evaluation manifest "
+                    f"({_plain(', '.join(p.group_columns) or 'no group columns')}); other groups, image sources and "
+                    "preprocessing than those of this audit (Model Details and Evaluation) were not measured.")
+    if worst:
+        out_of_scope += (f" The findings ledger marks significant gaps to the disadvantage of {_plain(worst)} "
+                         "(see Bias, Risks, and Limitations): do not rely on the model for these groups without "
+                         "further evaluation.")
+    return {
+        "model_summary": (f"{_plain(kind[0].upper() + kind[1:])} {_plain(p.model_spec)} (fingerprint "
+                          f"{_plain(p.fingerprint)}), audited for group performance, bias and explanation "
+                          f"faithfulness with vision-audit {_plain(s.tool.version)}."),
+        "model_type": _plain(f"{kind} ({p.model_family})"),
+        "model_spec": _plain(p.model_spec),
+        "checkpoint": _plain(p.checkpoint or "none (hub weights)"),
+        "fingerprint": _plain(p.fingerprint),
+        "classes": _plain(f"{len(p.class_names)}: {classes}" if p.class_names else "not recorded"),
+        "input": _plain(preprocessing_text(p.preprocessing)),
+        "direct_use": (f"{_plain(kind[0].upper() + kind[1:])} over the classes above, on images prepared with "
+                       "the preprocessing above (the values the audit used; other values change the numbers)."),
+        "out_of_scope_use": out_of_scope,
+        "get_started_code": get_started,
+        "model_examination": _examination(s),
+        "architecture": _plain(f"{p.model_family} {p.model_kind}, spec {p.model_spec}; "
+                               f"{len(p.class_names)} output classes; input {preprocessing_text(p.preprocessing)}"),
+        "audit_hardware": _plain(f"{p.device} / {p.dtype} / backend {p.backend}"),
+        "audit_software": _plain(", ".join(f"{k} {v}" for k, v in p.versions.items()) or "not recorded"),
+        "more_information": (f"Run {_plain(p.run_id)} (created {_plain(p.run_created)}, finished "
+                             f"{_plain(p.run_finished)}) on {_plain(p.dataset_manifest)} (fingerprint "
+                             f"{_plain(p.dataset_fingerprint)}). The full report (report.html, report.pdf) and "
+                             "every number (audit.json) are written beside this card by `vision-audit report "
+                             "RUN --model-card`."),
+        "model_card_authors": (f"Generated by vision-audit {_plain(s.tool.version)} from audit run "
+                               f"{_plain(p.run_id)}; the items listed under \"{OWNER_HEADING}\" are the model "
+                               "owner's to write."),
+        "owner_items": "\n".join(f"- **{md_escape(sec)}:** {md_escape(what)}" for sec, what in OWNER_ITEMS),
+    }
+
+
+def _examination(s: AuditSummary) -> str:
+    """Model Examination: each explanation method's verdict against a random map, its deletion and
+    insertion scores beside the random map's, and the model-randomisation sanity check."""
+    p = s.provenance
+    if not p.methods:
+        return "No explanation maps were computed in this audit."
+    lines = [f"Explanation methods: {md_escape(', '.join(p.methods))}"
+             + (f" (deletion baseline: {md_escape(p.deletion_baseline)})" if p.deletion_baseline else "") + ".", ""]
+    if s.verdicts:
+        lines += ["| method | score | value | random map | 95% interval of the difference | n | p (adj.) | verdict |",
+                  "|---|---|---:|---:|---:|---:|---:|---|"]
+        for v in s.verdicts:
+            if v.score in ("deletion_auc", "insertion_auc"):
+                lines.append(f"| {md_escape(v.method)} | {md_escape(v.score)} | {fmt(v.value)} | {fmt(v.random_value)} "
+                             f"| {fmt_ci(v.ci_low, v.ci_high, 'diff')} | {fmt(v.n, 'int')} | {fmt(v.p_adj, 'p')} | "
+                             f"{md_escape(v.verdict)} |")
+        lines.append("")
+    last = {}
+    for r in s.sanity:
+        if r.method not in last or r.step > last[r.method].step:
+            last[r.method] = r
+    if last:
+        lines += ["Model-randomisation sanity check (Spearman correlation with the original map after every block "
+                  "is re-initialised; a method whose maps stay similar does not depend on what the model learned):",
+                  "", "| method | blocks re-initialised | Spearman | 95% interval | n | result |",
+                  "|---|---|---:|---:|---:|---|"]
+        for r in last.values():
+            lines.append(f"| {md_escape(r.method)} | {md_escape(r.randomized_blocks)} | {fmt(r.spearman)} | "
+                         f"{fmt_ci(r.ci_low, r.ci_high)} | {fmt(r.n, 'int')} | "
+                         f"{'fails: still similar' if r.flagged else 'passes: maps change'} |")
+    return "\n".join(lines).rstrip()
+
+
 def write_model_card(summary: AuditSummary, path: str | os.PathLike[str], *,
                      base: str | os.PathLike[str] | None = None) -> Path:
     """Write MODEL_CARD.md.
@@ -148,14 +272,14 @@ def write_model_card(summary: AuditSummary, path: str | os.PathLike[str], *,
         data = ModelCardData(model_name=s.provenance.model_name, tags=["vision-audit", "bias-audit"],
                              metrics=list(MAIN_METRICS))
         new = ModelCard.from_template(
-            data, model_id=s.provenance.model_name,
-            model_summary=f"Model {md_escape(s.provenance.model_spec)} "
-                          f"(fingerprint {md_escape(s.provenance.fingerprint)}), audited with vision-audit.",
-            bias_risks_limitations=bias_section(s), bias_recommendations=recommendations(s), **evaluation_parts(s))
+            data, template_path=str(TEMPLATE), model_id=md_escape(s.provenance.model_name),
+            bias_risks_limitations=bias_section(s), bias_recommendations=recommendations(s), owner_heading=OWNER_HEADING,
+            **evaluation_parts(s), **card_parts(s))
     out.parent.mkdir(parents=True, exist_ok=True)
     from audit.runs import atomic_path
 
     with atomic_path(out) as tmp:
-        tmp.write_text(str(new), encoding="utf-8")
+        text = str(new)
+        tmp.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
     os.chmod(out, 0o644)
     return out

@@ -26,6 +26,8 @@ def _styles() -> dict[str, Any]:
         # a heading is never left alone at the foot of a page: it moves with what follows it
         "h2": ParagraphStyle("h2", parent=ss["Heading2"], spaceBefore=10, spaceAfter=4, keepWithNext=1),
         "h3": ParagraphStyle("h3", parent=ss["Heading3"], spaceBefore=6, spaceAfter=3, keepWithNext=1),
+        # above a long table that may start on this page and go on over the next (see _long_table_heading)
+        "h3long": ParagraphStyle("h3long", parent=ss["Heading3"], spaceBefore=6, spaceAfter=3),
         "body": ParagraphStyle("body", parent=ss["BodyText"], fontSize=9, leading=11.5),
         "note": ParagraphStyle("note", parent=ss["BodyText"], fontSize=7.5, leading=9.5, textColor="#555555"),
         # a note between a heading and its table or figure moves with them (no orphaned heading)
@@ -67,6 +69,15 @@ def _table(st: dict[str, Any], header: Sequence[str], rows: Sequence[Sequence[An
     t.setStyle(TableStyle(style))
     t.spaceBefore, t.spaceAfter = 2, 9
     return t
+
+
+def _long_table_heading(st: dict[str, Any], text: str) -> list[Any]:
+    """A heading over a table longer than a page: it starts where it is (with room for a few rows) and
+    splits over the pages after, instead of leaving a page empty to keep heading and table together."""
+    from reportlab.lib.units import cm
+    from reportlab.platypus import CondPageBreak
+
+    return [CondPageBreak(4 * cm), P(text, st["h3long"])]
 
 
 REPORT_DPI = 150  # the resolution report figures are rendered at (audit.report.writer)
@@ -278,7 +289,7 @@ def render_pdf(summary: AuditSummary, path: str | os.PathLike[str], *, figures: 
                                   else "not significant after Holm correction") for r in c.harmful_disparities],
                                 width=W))
         if c.retrieval_skew:
-            story.append(P("Retrieval skew", st["h3"]))
+            story += _long_table_heading(st, "Retrieval skew")
             story.append(_table(st, ["query", "attribute", "k", "group", "skew@k", "MaxSkew", "MinSkew", "NDKL"],
                                 [(r.query, r.attribute, fmt(r.k, "int"), r.group, fmt(r.skew, "effect"),
                                   fmt(r.max_skew, "effect"), fmt(r.min_skew, "effect"), fmt(r.ndkl, "effect"))
@@ -345,10 +356,10 @@ def render_pdf(summary: AuditSummary, path: str | os.PathLike[str], *, figures: 
         story.append(CondPageBreak(H * 0.35))
         story.append(P("Appendix", st["h2"]))
     if other:
-        story.append(P("Other metrics by group (macro averages over classes)", st["h3"]))
+        story += _long_table_heading(st, "Other metrics by group (macro averages over classes)")
         story.append(_performance_table(st, other, W))
     if per_class:
-        story.append(P("Per-class disparity tests (one-vs-rest)", st["h3"]))
+        story += _long_table_heading(st, "Per-class disparity tests (one-vs-rest)")
         tested = [d for d in per_class if d.difference is not None]
         if tested:
             story.append(_disparity_table(st, tested, W))

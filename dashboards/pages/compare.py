@@ -8,7 +8,7 @@ import streamlit as st
 from audit.errors import AuditError
 from audit.report.compare import finding_pairs
 from dashboards import cache, state
-from dashboards.ui import esc, fit_table, md_table, paired_interval_figure, short_hash
+from dashboards.ui import esc, fit_table, paired_interval_figure, short_hash
 
 NAV_ORDER = 6  # place in the sidebar navigation (dashboards/app.py reads it, with NAV_TITLE)
 NAV_TITLE = "Compare"
@@ -46,7 +46,7 @@ info = pd.DataFrame({
     "B": [rb.name, rb.meta.get("model", {}).get("fingerprint"), short_hash(rb.meta.get("dataset", {}).get("fingerprint")),
           rb.meta.get("dataset", {}).get("n_used"), ", ".join(rb.methods)],
 }).astype(str)
-st.markdown(md_table(info.set_index("")))
+fit_table(info, key="cmp_info")
 if ra.meta.get("dataset", {}).get("fingerprint") != rb.meta.get("dataset", {}).get("fingerprint"):
     st.warning("The two runs used different datasets; differences mix model and data effects.")
 

@@ -112,9 +112,11 @@ row = view.iloc[pos - 1]
 row_id = int(row["row_id"])
 
 st.subheader(f"Image #{row_id}")
-info_cols = [c for c in ["row_id", "label", "pred", "score", "label_score", "correct", *groups] if c in view]
+info_cols = [c for c in ["row_id", "label", "pred", "score", "label_score", "correct"] if c in view]
 st.markdown(md_table(view.iloc[[pos - 1]][info_cols].rename(columns={"score": "p(pred)", "label_score": "p(label)"})
                      .set_index("row_id")))
+if groups:
+    st.caption(" · ".join(f"{esc(g)} = {esc(row[g])}" for g in groups if g in row))
 
 faith = cache.faithfulness_for(path, row_id)
 # one deletion baseline per run: run.json "faithfulness" (older runs: the config's explain.baseline)

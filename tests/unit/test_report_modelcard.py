@@ -39,6 +39,21 @@ def test_default_template_sections_filled(summary, tmp_path) -> None:
         if r.attribute == "background" and r.metric == "accuracy":
             assert f"| {fmt(r.value)} | [{fmt(r.ci_low)}, {fmt(r.ci_high)}] | {r.n} |" in ev
     assert "## Model Details" in text  # the rest of the template is still there
+    # every section the run can fill is filled; what only the owner can write is listed once
+    assert "[More Information Needed]" not in text
+    for heading in ["Uses", "How to Get Started with the Model", "Model Examination", "Technical Specifications",
+                    "Glossary", "More Information", "Model Card Authors"]:
+        assert _section(text, heading).strip(), heading
+    owner = _section(text, "Information only the model owner can give")
+    for item in ["Training Details", "Citation", "Model Card Contact", "licence"]:
+        assert item in owner, item
+    details = _section(text, "Model Details")
+    assert summary.provenance.fingerprint in details.replace("\\", "") and "Classes:" in details
+    assert f"load_model({summary.provenance.model_spec!r}" in _section(text, "How to Get Started with the Model")
+    exam = _section(text, "Model Examination")
+    for v in summary.verdicts:
+        if v.score == "deletion_auc":
+            assert f"| {fmt(v.value)} | {fmt(v.random_value)} |" in exam and v.verdict in exam
 
 
 def test_existing_card_keeps_other_sections(summary, tmp_path) -> None:
