@@ -116,3 +116,80 @@ def test_library_never_imports_pyplot() -> None:
 def test_empty_tables_do_not_crash(bad) -> None:
     assert isinstance(interval_plot(bad), Figure)
     assert isinstance(forest_plot(pd.DataFrame(columns=["difference"])), Figure)
+
+
+# ----------------------------------------------------------------------------- maps: one look everywhere
+def test_maps_show_the_patch_grid_unless_smoothed() -> None:
+    from audit.viz.maps import patch_boundaries
+
+    grid = np.array([[0.0, 1.0], [2.0, 3.0]], dtype=np.float32)
+    up = upsample_map(grid, (8, 8))  # nearest: one flat 4x4 block per patch
+    assert set(np.unique(up)) == {0.0, 1.0, 2.0, 3.0}
+    assert (up[:4, :4] == 0).all() and (up[4:, 4:] == 3).all()
+    smooth = upsample_map(grid, (8, 8), smooth=True)
+    assert len(np.unique(smooth)) > 4  # interpolated between patch centres
+    rows, cols = patch_boundaries((4, 4), (64, 64))
+    assert rows.tolist() == [16, 32, 48] and cols.tolist() == [16, 32, 48]
+    img = np.full((8, 8, 3), 200, np.uint8)
+    with_grid = overlay(img, grid)
+    no_grid = overlay(img, grid, grid=False)
+    assert not np.allclose(with_grid[4], no_grid[4]) and np.allclose(with_grid[1, 1], no_grid[1, 1])
+    assert np.allclose(overlay(img, grid, smooth=True), overlay(img, grid, smooth=True, grid=True))  # no lines
+
+
+def test_overlay_is_the_map_colour_over_a_grey_image() -> None:
+    from matplotlib import colormaps
+
+    from audit.viz import MAP_ALPHA, MAP_CMAP
+
+    red = np.zeros((4, 4, 3), np.uint8)
+    red[..., 0] = 255
+    grid = np.array([[0.0, 1.0], [1.0, 0.0]], np.float32)
+    out = overlay(red, grid, grid=False)
+    lum = 0.25 + 0.75 * 0.299
+    expected = (1 - MAP_ALPHA) * lum + MAP_ALPHA * np.asarray(colormaps[MAP_CMAP](1.0))[:3]
+    np.testing.assert_allclose(out[0, 3], expected, atol=1e-5)  # the image's red is gone: only the map has colour
+    assert overlay(red, grid, size=16).shape == (16, 16, 3)
+
+
+def test_scale_and_prediction_are_named() -> None:
+    from audit.viz.maps import prediction_line, run_range, scale_label
+
+    assert "per-image" in scale_label("image") and "run-wide" in scale_label("run", "gae")
+    assert "gae" in scale_label("run", "gae")
+    lo, hi = run_range(np.arange(101, dtype=np.float32))
+    assert (lo, hi) == (1.0, 99.0)
+    line = prediction_line(target="square", prediction="square", score=0.891)
+    assert line.replace("\u00a0", " ") == "target square = prediction (p 0.89)"
+    other = prediction_line(target="cat", prediction="dog", score=0.8, target_score=0.1).replace("\u00a0", " ")
+    assert other == "target cat (p 0.10); predicted dog (p 0.80)"
+    assert prediction_line() == ""  # nothing known: nothing made up
+
+
+def test_overlay_figure_panels_name_verdict_target_and_prediction() -> None:
+    img = np.zeros((16, 16, 3), np.uint8)
+    maps = {"gae": np.random.default_rng(0).random((4, 4)).astype(np.float32)}
+    fig = overlay_figure(img, maps, show_maps=False, verdicts={"gae": "better than random"}, prediction="square",
+                         score=0.9, targets={"gae": "square"}, scale="run", ranges={"gae": (0.0, 2.0)})
+    title = fig.axes[1].get_title().replace("\u00a0", " ").replace("\n", " ")
+    assert "gae" in title and "better than random" in title and "target square = prediction (p 0.90)" in title
+    bar = fig.axes[1].child_axes[0]
+    assert [t.get_text() for t in bar.get_xticklabels()] == ["0", "2"] and "run-wide" in bar.get_xlabel()
+
+
+def test_every_surface_draws_maps_with_the_one_colour_map() -> None:
+    """The report figures, the dashboard and `vision-audit explain` draw maps through audit.viz.maps;
+    no other colour map is named in their drawing code."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    files = [*sorted((root / "audit" / "viz").glob("*.py")), root / "dashboards" / "render.py",
+             root / "dashboards" / "ui.py", root / "audit" / "explain_cli.py", root / "audit" / "report" / "writer.py"]
+    for f in files:
+        text = f.read_text(encoding="utf-8")
+        named = set(re.findall(r"""cmap\s*=\s*["']([A-Za-z_]+)["']|colormaps\[\s*["']([A-Za-z_]+)["']""", text))
+        assert not {n for pair in named for n in pair if n}, (f.name, named)
+    src = (root / "dashboards" / "render.py").read_text(encoding="utf-8")
+    assert "from audit.viz.maps import" in src
+    assert "map_panel" in (root / "audit" / "explain_cli.py").read_text(encoding="utf-8")
