@@ -453,8 +453,8 @@ def _render_pdf(s: ComparisonSummary, path: str | os.PathLike[str], png: bytes) 
     story.append(P("Disparity tests side by side", st["h2"]))
     story.append(P("The range test of each whole-task metric in each run (max - min across groups, permutation test, "
                    "Holm-corrected within the run).", st["lead"]))
-    story.append(_table(st, ["attribute", "metric", "A gap", "A interval", "A Holm p", "A result", "B gap",
-                             "B interval", "B Holm p", "B result"],
+    story.append(_table(st, ["attribute", "metric", "A gap", "A interval", "A Holm p", "A after Holm", "B gap",
+                             "B interval", "B Holm p", "B after Holm"],
                         [(d.attribute, d.key, fmt(d.a_difference), fmt_ci(d.a_ci_low, d.a_ci_high),
                           fmt(d.a_p_holm, "p"), result(d.a_difference, d.a_significant), fmt(d.b_difference),
                           fmt_ci(d.b_ci_low, d.b_ci_high), fmt(d.b_p_holm, "p"), result(d.b_difference, d.b_significant))

@@ -138,7 +138,7 @@ def _image(png: bytes, max_w: float, max_h: float, *, dpi: float = REPORT_DPI) -
     return Image(io.BytesIO(png), width=iw * scale, height=ih * scale)
 
 
-HOLM_RESULT = {True: "significant (Holm)", False: "not significant (Holm)"}
+HOLM_RESULT = {True: "significant", False: "not significant"}  # under the header "after Holm"
 BODY_METRICS = ("accuracy", "balanced_accuracy", "ece")  # the metrics the body of the report tabulates
 
 
@@ -156,7 +156,7 @@ def _not_tested(st: dict[str, Any], rows: Sequence[Any]) -> list[Any]:
 
 def _disparity_table(st: dict[str, Any], rows: Sequence[Any], width: float) -> Any:
     return _table(
-        st, ["attribute", "metric", "k", "highest", "lowest", "gap", "95% interval", "p", "Holm p", "result"],
+        st, ["attribute", "metric", "k", "highest", "lowest", "gap", "95% interval", "p", "Holm p", "after Holm"],
         [(d.attribute, d.key, fmt(d.k, "int"), f"{d.max_group} ({fmt(d.max_value)})",
           f"{d.min_group} ({fmt(d.min_value)})", fmt(d.difference), fmt_ci(d.diff_ci_low, d.diff_ci_high),
           fmt(d.p_value, "p"), fmt(d.p_holm, "p"), HOLM_RESULT[bool(d.significant)]) for d in rows],

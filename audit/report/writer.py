@@ -11,7 +11,7 @@ import numpy as np
 
 from audit.errors import UsageError
 from audit.report.pdf import REPORT_DPI
-from audit.report.summary import INTERSECTION_SEP, AuditSummary, build_summary, fmt
+from audit.report.summary import INTERSECTION_SEP, AuditSummary, build_summary
 from audit.runs import Run, atomic_path, readable, write_bytes, write_json, write_text
 
 Format = Literal["html", "md", "pdf", "json"]
@@ -110,8 +110,8 @@ def build_figures(summary: AuditSummary, run: Run) -> tuple[dict[str, bytes], li
         # deletion / insertion AUCs are in the table under each figure: the panels carry what the
         # table does not (verdict, target, prediction and its probability, the colour scale)
         fig = overlay_figure(img, maps, show_maps=False, verdicts=summary.method_verdicts, prediction=it.pred,
-                             score=it.score, targets=tgt, panel_inches=GALLERY_PANEL_INCHES,
-                             title=f"{it.kind}: label {it.label or 'none'}, predicted {it.pred}")
+                             score=it.score, targets=tgt, panel_inches=GALLERY_PANEL_INCHES)
+        # (no figure title: every format puts the image's kind, label and prediction right beside it)
         gallery.append(png(fig))
     return figs, perf_names, gallery
 
