@@ -158,7 +158,7 @@ def short_hash(value: object, keep: int = 16) -> str:
 
 def _px(chars: int) -> int:
     """Pixels a dataframe column needs for ``chars`` characters of its font (and its padding)."""
-    return int(6.6 * chars + 18)
+    return int(6.6 * chars + 20)
 
 
 def interval_text(lo: object, hi: object, digits: int = 3) -> str:

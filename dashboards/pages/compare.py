@@ -8,7 +8,7 @@ import streamlit as st
 from audit.errors import AuditError
 from audit.report.compare import finding_pairs
 from dashboards import cache, state
-from dashboards.ui import esc, fit_table, paired_interval_figure, short_hash
+from dashboards.ui import esc, fit_table, md_table, paired_interval_figure, short_hash
 
 NAV_ORDER = 6  # place in the sidebar navigation (dashboards/app.py reads it, with NAV_TITLE)
 NAV_TITLE = "Compare"
@@ -99,13 +99,13 @@ if not pairs:
 else:
     st.markdown("\n".join(f"- {esc(f.text)}" for f in pairs))
     def gap(g: float | None, lo: float | None, hi: float | None, status: str) -> str:
-        return "" if status == "absent" else f"{_n(g)} [{_n(lo)}, {_n(hi)}]"
+        return "absent" if status == "absent" else f"{_n(g)} [{_n(lo)}, {_n(hi)}] {status}"
 
     # the lines above say everything (kind, family, corrected p); the table lines the gaps up to scan
-    fit_table(pd.DataFrame([{
+    st.markdown(md_table(pd.DataFrame([{  # a markdown table: long metric names wrap instead of being cut
         "attribute": f.attribute, "metric": f.label,
-        "A gap [95% CI]": gap(f.a_gap, f.a_ci_low, f.a_ci_high, f.a_status), "A": f.a_status,
-        "B gap [95% CI]": gap(f.b_gap, f.b_ci_low, f.b_ci_high, f.b_status), "B": f.b_status}
-        for f in pairs]), key="cmp_findings")
+        "A: gap [95% CI]": gap(f.a_gap, f.a_ci_low, f.a_ci_high, f.a_status),
+        "B: gap [95% CI]": gap(f.b_gap, f.b_ci_low, f.b_ci_high, f.b_status)}
+        for f in pairs]).set_index("attribute")))
     st.caption("Each run's gap, interval and corrected p-value come from its own findings ledger; a finding "
                "marked absent was not computed in that run.")

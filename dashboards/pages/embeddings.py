@@ -141,7 +141,11 @@ for name, title, help_text, columns, labels in TABLES:
             help_text += " Each word of A and B is put in " + " / ".join(f"'{f}'" for f in df.attrs["frames"]) + "."
     st.subheader(title)
     st.caption(esc(help_text))
-    fit_table(df[[c for c in columns if c in df]], key=f"emb_tab_{name}", labels=labels)
+    if name == "association":  # the numbers in the table, the words of A and B (long) listed under it
+        fit_table(df[[c for c in columns if c in df and c not in ("A", "B")]], key=f"emb_tab_{name}", labels=labels)
+        st.markdown("\n".join(f"- **{esc(r.test)}**: A = {esc(r.A)}; B = {esc(r.B)}" for r in df.itertuples()))
+    else:
+        fit_table(df[[c for c in columns if c in df]], key=f"emb_tab_{name}", labels=labels)
     notes = [str(n) for n in df.get("note", pd.Series(dtype=object)).dropna().unique() if str(n)]
     if "estimator" in df:
         notes += [f"estimator: {e}" for e in df["estimator"].dropna().astype(str).unique()]
