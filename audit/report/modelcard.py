@@ -28,10 +28,10 @@ OWNER_HEADING = "Information only the model owner can give"
 OWNER_ITEMS = [
     ("Model Details", "who developed, funded and shared the model; its licence; the model it was fine-tuned from"),
     ("Model Sources", "repository, paper and demo"),
-    ("Uses", "the uses the model is intended for (direct and downstream) and those it must not be used for beyond "
-             "what the audit measured"),
-    ("Training Details", "training data, preprocessing of the training data, training procedure, hyperparameters "
-                         "and regime (precision), speeds, sizes and times"),
+    ("Uses", ("the uses the model is intended for (direct and downstream) and those it must not be used for beyond "
+              "what the audit measured")),
+    ("Training Details", ("training data, preprocessing of the training data, training procedure, hyperparameters "
+                          "and regime (precision), speeds, sizes and times")),
     ("Environmental Impact", "hardware, hours, cloud provider, region and carbon emitted in training"),
     ("Compute Infrastructure", "the infrastructure the model was trained on"),
     ("Citation", "BibTeX and APA citation"),
@@ -227,8 +227,8 @@ def _examination(s: AuditSummary) -> str:
         if r.method not in last or r.step > last[r.method].step:
             last[r.method] = r
     if last:
-        lines += ["Model-randomisation sanity check (Spearman correlation with the original map after every block "
-                  "is re-initialised; a method whose maps stay similar does not depend on what the model learned):",
+        lines += [("Model-randomisation sanity check (Spearman correlation with the original map after every block "
+                   "is re-initialised; a method whose maps stay similar does not depend on what the model learned):"),
                   "", "| method | blocks re-initialised | Spearman | 95% interval | n | result |",
                   "|---|---|---:|---:|---:|---|"]
         for r in last.values():
