@@ -91,7 +91,7 @@ def run_demo(*, out: Path = Path("runs/demo"), n_per_cell: int | None = None, re
         if report:
             from audit.report import write_report
 
-            write_report([run.path], formats=("html", "md", "pdf", "json"))
+            write_report([run.path], formats=("html", "md", "pdf", "json"), model_card=True)
     if report and {"vit-biased", "vit-control"} <= set(names):
         from audit.report import write_report
 

@@ -158,8 +158,11 @@ class Explanation:
         }
 
     # -- notebook display ------------------------------------------------------------------
-    def figure(self, *, max_images: int = 8, alpha: float = 0.5, cmap: str = "jet"):
-        """A matplotlib :class:`~matplotlib.figure.Figure` with one overlay per image (OO API only)."""
+    def figure(self, *, max_images: int = 8, alpha: float = 0.5, cmap: str = "viridis"):
+        """A matplotlib :class:`~matplotlib.figure.Figure` with one overlay per image (OO API only).
+
+        ``cmap`` defaults to the one colour map of every drawing surface (``audit.viz.maps.MAP_CMAP``;
+        written out here because explain/ sits below viz/ and must not import it)."""
         from matplotlib.figure import Figure
 
         n = min(self.batch_size, max_images)

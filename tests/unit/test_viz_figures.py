@@ -193,3 +193,12 @@ def test_every_surface_draws_maps_with_the_one_colour_map() -> None:
     src = (root / "dashboards" / "render.py").read_text(encoding="utf-8")
     assert "from audit.viz.maps import" in src
     assert "map_panel" in (root / "audit" / "explain_cli.py").read_text(encoding="utf-8")
+
+
+def test_notebook_overlays_use_the_one_colour_map() -> None:
+    import inspect
+
+    from audit.explain.types import Explanation
+    from audit.viz import MAP_CMAP
+
+    assert inspect.signature(Explanation.figure).parameters["cmap"].default == MAP_CMAP
