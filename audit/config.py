@@ -237,6 +237,23 @@ class ClipConfig(_Strict):
     ks: list[int] = Field(default_factory=lambda: [10, 50, 100])
     skew_target: Literal["uniform", "dataset"] = "dataset"
 
+    def association_words(self) -> dict[str, tuple[str, str, str]]:
+        """test name -> (A words, B words, the prompt around them): what a reader needs in place of
+        the set names "<test> A" / "<test> B". Tests whose word sets cannot be read are left out."""
+        import os
+
+        out: dict[str, tuple[str, str, str]] = {}
+        for t in self.association:
+            try:
+                a_texts, b_texts = t.texts()
+            except ConfigError:
+                continue
+            prefix = os.path.commonprefix([*a_texts, *b_texts])
+            prefix = prefix[: prefix.rfind(" ") + 1] if " " in prefix else ""
+            out[t.name] = (", ".join(x[len(prefix):] for x in a_texts), ", ".join(x[len(prefix):] for x in b_texts),
+                           prefix + "…" if prefix else "")
+        return out
+
     @field_validator("label_set")
     @classmethod
     def _known_set(cls, v: str | None) -> str | None:

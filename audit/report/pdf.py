@@ -271,7 +271,7 @@ def render_pdf(summary: AuditSummary, path: str | os.PathLike[str], *, figures: 
         if c.association:
             story.append(P("Association tests (WEAT / image-EAT)", st["h3"]))
             story.append(_table(st, ["test", "X", "Y", "A", "B", "n X", "n Y", "effect size d", "p"],
-                                [(r.test, r.X, r.Y, r.A, r.B, fmt(r.n_x, "int"), fmt(r.n_y, "int"),
+                                [(r.test, r.X, r.Y, r.a_words or r.A, r.b_words or r.B, fmt(r.n_x, "int"), fmt(r.n_y, "int"),
                                   fmt(r.effect_size, "effect"), fmt(r.p_value, "p")) for r in c.association], width=W))
         if c.harmful_rates:
             story.append(P("Harmful-label rates by group", st["h3"]))

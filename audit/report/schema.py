@@ -219,6 +219,10 @@ class AssociationRow(_Model):
     p_value: Num
     n_perm: int
     exact: bool
+    #: the words of the text sets (from the run's config) and the prompt around them
+    a_words: str = ""
+    b_words: str = ""
+    prompt: str = ""
 
 
 class HarmfulRateRow(_Model):

@@ -369,6 +369,10 @@ def build_summary(run: Run) -> AuditSummary:
                          harmful_rates=_rows(run, "harmful_rates", HarmfulRateRow),
                          harmful_disparities=_rows(run, "harmful_disparities", HarmfulDisparityRow),
                          retrieval_skew=_rows(run, "retrieval_skew", RetrievalSkewRow))
+        words = run.section("clip").association_words()
+        for r in clip.association:  # the words, not the set names "<test> A" / "<test> B"
+            if r.test in words:
+                r.a_words, r.b_words, r.prompt = words[r.test]
     s = AuditSummary(
         generated=utc_now(), tool=ToolInfo(version=tool_version()), provenance=prov,
         composition=_composition(run, prov.min_group_size), performance=perf, disparities=disp,

@@ -3,7 +3,6 @@ see the image and its maps), plus dispersion, distances, MMD, linear probes and 
 
 from __future__ import annotations
 
-import os
 
 import altair as alt
 import pandas as pd
@@ -79,28 +78,22 @@ else:
 
 
 def association_words(df: pd.DataFrame) -> pd.DataFrame:
-    """The association table with the words of each test's text sets A and B (from the run's config)
-    in place of their names; the shared prompt around the words is named once in the caption."""
+    """The association table with the words of each test's text sets A and B (from the run's config,
+    :meth:`audit.config.ClipConfig.association_words`) in place of their names; the shared prompt
+    around the words is named once in the caption."""
     try:
-        tests = {t.name: t for t in run.section("clip").association}
+        words = run.section("clip").association_words()
     except AuditError:
-        tests = {}
+        words = {}
     out = df.copy()
     frames = set()
     for i, r in out.iterrows():
-        t = tests.get(str(r["test"]))
-        if t is None:
+        w = words.get(str(r["test"]))
+        if w is None:
             continue
-        try:
-            a_texts, b_texts = t.texts()
-        except AuditError:
-            continue
-        prefix = os.path.commonprefix([*a_texts, *b_texts])
-        prefix = prefix[: prefix.rfind(" ") + 1] if " " in prefix else ""
-        if prefix:
-            frames.add(prefix + "…")
-        out.at[i, "A"] = ", ".join(x[len(prefix):] for x in a_texts)
-        out.at[i, "B"] = ", ".join(x[len(prefix):] for x in b_texts)
+        out.at[i, "A"], out.at[i, "B"] = w[0], w[1]
+        if w[2]:
+            frames.add(w[2])
     out.attrs["frames"] = sorted(frames)
     return out
 

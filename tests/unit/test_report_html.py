@@ -210,3 +210,25 @@ def test_clip_report_sections(tmp_path) -> None:
         rec = data["clip"]["association"][int(tr["data-idx"])]
         assert _close(_num(tr.find_all("td")[7].text), rec["effect_size"])
     assert soup.find(id="skew-table") is not None
+
+
+def test_association_rows_show_the_words_not_the_set_names(tmp_path) -> None:
+    import shutil
+
+    from audit.runs import Run
+
+    src = shared_run(kind="clip", biased=True)
+    shutil.copytree(src.path, tmp_path / "run")
+    run = Run.open(tmp_path / "run")
+    run.meta["config"]["clip"] = {"association": [{
+        "name": "image-EAT background", "attribute": "background", "x_group": "water", "y_group": "plain",
+        "a_texts": ["a photo of joy", "a photo of love"], "b_texts": ["a photo of agony", "a photo of war"]}]}
+    run.save_meta()
+    paths = write_report([run.path], out_dir=tmp_path / "out", formats=("html", "md", "json"))
+    rec = next(r for r in json.loads(paths["json"].read_text())["clip"]["association"]
+               if r["test"] == "image-EAT background")
+    assert (rec["a_words"], rec["b_words"], rec["prompt"]) == ("joy, love", "agony, war", "a photo of …")
+    soup = BeautifulSoup(paths["html"].read_text(encoding="utf-8"), "html.parser")
+    cells = [[td.text for td in tr.find_all("td")] for tr in soup.find(id="association-table").find_all("tr")[1:]]
+    assert ["image-EAT background", rec["X"], rec["Y"], "joy, love", "agony, war"] in [c[:5] for c in cells]
+    assert "joy, love" in paths["md"].read_text(encoding="utf-8")
