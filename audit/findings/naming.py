@@ -3,6 +3,7 @@ formatted once (:mod:`audit.fmt`), the verdict phrase."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -104,3 +105,27 @@ def verdict_phrase(sig: bool, status: str, correction: str) -> str:
     method = correction.split(" ")[0] if correction and correction != "none" else ""
     after = f" after {method.capitalize()} correction" if method in ("holm", "bh") else ""
     return ("significant" if sig else "not significant") + after
+
+
+def status_of(sig: bool, tested: bool) -> str:
+    """A row's status: significant, not significant, or not tested."""
+    return "significant" if sig else ("not significant" if tested else "not tested")
+
+
+def gap_sentence(subject: str, row: dict[str, Any], *, what: str = "gap", k: int | None = None,
+                 extra: str = "") -> str:
+    """The ledger's sentence for a comparison of two ends: "<subject>: 0.137 for dotted, n=102 vs 1.000
+    for plain, n=102; gap 0.863 (95% CI 0.790 to 0.923), p_adj = 7.9e-04, significant after Holm
+    correction." When every group compared has the same value (``k`` groups), it says so instead of
+    naming a worst-vs-best pair. n and the interval are left out where unknown."""
+    verdict = verdict_phrase(row["significant"], row["status"], row["correction"])
+    if k is not None and row["worst_group"] == row["best_group"]:
+        return (f"{subject}: {fmt(row['worst_value'])} in each of the {k} groups compared (no gap), "
+                f"p_adj = {fmt_p(row['p_adj'])}, {verdict}.")
+    nw = "" if row.get("n_worst") is None else f", n={fmt_n(row['n_worst'])}"
+    nb = "" if row.get("n_best") is None else f", n={fmt_n(row['n_best'])}"
+    ci = (f" (95% CI {fmt(row['ci_low'])} to {fmt(row['ci_high'])})"
+          if math.isfinite(as_float(row.get("ci_low"))) else "")
+    return (f"{subject}: {fmt(row['worst_value'])} for {row['worst_group']}{nw} vs {fmt(row['best_value'])} for "
+            f"{row['best_group']}{nb}; {what} {fmt(row['gap'])}{ci}, p_adj = {fmt_p(row['p_adj'])}, {verdict}"
+            + (f"; {extra}" if extra else "") + ".")

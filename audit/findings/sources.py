@@ -15,8 +15,10 @@ from audit.findings.naming import (
     as_float,
     fmt_n,
     fmt_p,
+    gap_sentence,
     metric_label,
     scope_of,
+    status_of,
     verdict_phrase,
 )
 from audit.fmt import fmt
@@ -77,7 +79,7 @@ def performance_rows(tables: Tables, alpha: float) -> list[dict[str, Any]]:
             lo, hi = as_float(r.get("diff_ci_low")), as_float(r.get("diff_ci_high"))
         tested = math.isfinite(as_float(r.get("p_value")))
         sig = bool(r.get("significant")) and tested
-        status = "significant" if sig else ("not significant" if tested else "not tested")
+        status = status_of(sig, tested)
         correction = str(r.get("correction") or "")
         row = dict(
             kind=kind, attribute=attr, metric=metric, scope=scope, family=family, worst_group=worst_g,
@@ -92,22 +94,10 @@ def performance_rows(tables: Tables, alpha: float) -> list[dict[str, Any]]:
             why = excl or "fewer than two groups large enough"
             row["text"] = f"{label} by {attr}: not tested ({why})."
         else:
-            nw = "" if row["n_worst"] is None else f", n={fmt_n(row['n_worst'])}"
-            nb = "" if row["n_best"] is None else f", n={fmt_n(row['n_best'])}"
             what = {"range": f"gap across {int(r.get('k') or 0)} groups", "pairwise": "pairwise gap",
                     "one_vs_rest": "gap to the rest"}.get(family, "gap")
-            if worst_g == best_g:  # every group compared has the same value: name no "worst vs best" pair
-                row["text"] = (f"{label} by {attr}: {fmt(worst_v)} in each of the {int(r.get('k') or 0)} groups "
-                               f"compared (no gap), p_adj = {fmt_p(row['p_adj'])}, "
-                               f"{verdict_phrase(sig, status, correction)}.")
-                out.append(row)
-                continue
-            row["text"] = (
-                f"{label} by {attr}: {fmt(worst_v)} for {worst_g}{nw} vs {fmt(best_v)} for {best_g}{nb}; "
-                f"{what} {fmt(gap)} (95% CI {fmt(lo)} to {fmt(hi)}), p_adj = {fmt_p(row['p_adj'])}, "
-                f"{verdict_phrase(sig, status, correction)}"
-                + (f"; {excl}" if excl and excl != "pairwise" else "") + "."
-            )
+            row["text"] = gap_sentence(f"{label} by {attr}", row, what=what, k=int(r.get("k") or 0),
+                                       extra=excl if excl != "pairwise" else "")
         out.append(row)
     return out
 
@@ -130,7 +120,7 @@ def harmful_rows(tables: Tables, alpha: float) -> list[dict[str, Any]]:
         bv, bn = val.get((attr, best), (float("nan"), None))
         tested = math.isfinite(as_float(r.get("p_value")))
         sig = bool(r.get("significant")) and tested
-        status = "significant" if sig else ("not significant" if tested else "not tested")
+        status = status_of(sig, tested)
         correction = f"holm within harmful_label (m={m})"
         row = dict(kind="harmful_label", attribute=attr, metric="harmful_label_rate",
                    scope=f"labels:{r.get('label_set', '')}", family="range", worst_group=worst, best_group=best,
@@ -140,16 +130,9 @@ def harmful_rows(tables: Tables, alpha: float) -> list[dict[str, Any]]:
                    source="harmful_disparities")
         if not tested:
             row["text"] = f"harmful-label rate by {attr}: not tested (fewer than two groups large enough)."
-        elif worst == best:  # every group compared has the same rate
-            row["text"] = (f"harmful-label rate ({r.get('label_set', '')}) by {attr}: {fmt(wv)} in each of the "
-                           f"{int(r.get('k') or 0)} groups compared (no gap), p_adj = {fmt_p(row['p_adj'])}, "
-                           f"{verdict_phrase(sig, status, correction)}.")
         else:
-            row["text"] = (
-                f"harmful-label rate ({r.get('label_set', '')}) by {attr}: {fmt(wv)} for {worst}, n={fmt_n(wn)} vs "
-                f"{fmt(bv)} for {best}, n={fmt_n(bn)}; gap {fmt(row['gap'])} (95% CI {fmt(row['ci_low'])} to "
-                f"{fmt(row['ci_high'])}), p_adj = {fmt_p(row['p_adj'])}, {verdict_phrase(sig, status, correction)}."
-            )
+            row["text"] = gap_sentence(f"harmful-label rate ({r.get('label_set', '')}) by {attr}", row,
+                                       k=int(r.get("k") or 0))
         out.append(row)
     return out
 
@@ -175,7 +158,7 @@ def association_rows(tables: Tables, alpha: float) -> list[dict[str, Any]]:
                    best_value=float("nan"), gap=d, ci_low=lo, ci_high=hi, n_worst=r.get("n_x"),
                    n_best=r.get("n_y") if y else None, p_value=as_float(r.get("p_value")), p_adj=float(pa),
                    correction=correction, significant=sig,
-                   status="significant" if sig else ("not significant" if tested else "not tested"),
+                   status=status_of(sig, tested),
                    source="association")
         vs = f" vs {y} (n={fmt_n(r.get('n_y'))})" if y else ""
         a_name, b_name = str(r.get("A") or ""), str(r.get("B") or "")
@@ -206,7 +189,7 @@ def prediction_rows(tables: Tables, alpha: float) -> list[dict[str, Any]]:
         attr, cls = str(r["attribute"]), str(r.get("cls", "__all__"))
         tested = math.isfinite(as_float(r.get("p_value")))
         sig = bool(r.get("significant")) and tested
-        status = "significant" if sig else ("not significant" if tested else "not tested")
+        status = status_of(sig, tested)
         correction = f"holm within prediction_distribution (m={m})"
         hi_g, lo_g = str(r.get("max_group") or ""), str(r.get("min_group") or "")
         row = dict(kind="prediction_distribution", attribute=attr, metric="share",
@@ -223,11 +206,7 @@ def prediction_rows(tables: Tables, alpha: float) -> list[dict[str, Any]]:
                            f"(distance {fmt(row['gap'])}), p_adj = {fmt_p(row['p_adj'])}, "
                            f"{verdict_phrase(sig, status, correction)}.")
         else:
-            row["text"] = (
-                f"share predicted {cls!r} by {attr}: {fmt(row['worst_value'])} for {hi_g}, n={fmt_n(row['n_worst'])} "
-                f"vs {fmt(row['best_value'])} for {lo_g}, n={fmt_n(row['n_best'])}; gap {fmt(row['gap'])} (95% CI "
-                f"{fmt(row['ci_low'])} to {fmt(row['ci_high'])}), p_adj = {fmt_p(row['p_adj'])}, "
-                f"{verdict_phrase(sig, status, correction)}.")
+            row["text"] = gap_sentence(f"share predicted {cls!r} by {attr}", row)
         out.append(row)
     return out
 
@@ -253,7 +232,7 @@ def region_mass_rows(tables: Tables, alpha: float, min_group_size: int) -> list[
         row = dict(kind="region_mass", attribute=attr, metric="mass_in_mask", scope=f"method:{method}",
                    family="range", correction=correction, significant=sig, p_value=p if tested else float("nan"),
                    p_adj=float(pa) if tested else float("nan"), source="region_mass",
-                   status="significant" if sig else ("not significant" if tested else "not tested"))
+                   status=status_of(sig, tested))
         if len(ok) >= 1:
             w = ok.loc[ok["value"].idxmin()]
             b = ok.loc[ok["value"].idxmax()]
@@ -266,13 +245,7 @@ def region_mass_rows(tables: Tables, alpha: float, min_group_size: int) -> list[
             row["text"] = (f"share of {method}'s map on the object by {attr}: not tested "
                            f"({excl or 'fewer than two groups large enough'}).")
         else:
-            ci = (f" (95% CI {fmt(row.get('ci_low'))} to {fmt(row.get('ci_high'))})"
-                  if math.isfinite(as_float(row.get("ci_low"))) else "")
-            row["text"] = (
-                f"share of {method}'s map on the object by {attr}: {fmt(row['worst_value'])} for "
-                f"{row['worst_group']}, n={fmt_n(row['n_worst'])} vs {fmt(row['best_value'])} for {row['best_group']}, "
-                f"n={fmt_n(row['n_best'])}; gap {fmt(row['gap'])}{ci}, p_adj = {fmt_p(pa)}, "
-                f"{verdict_phrase(sig, row['status'], correction)}" + (f"; {excl}" if excl else "") + ".")
+            row["text"] = gap_sentence(f"share of {method}'s map on the object by {attr}", row, extra=excl)
         out.append(row)
     return out
 
@@ -315,7 +288,7 @@ def embedding_rows(tables: Tables, alpha: float) -> list[dict[str, Any]]:
                 best_value=as_float(r.get("balanced_accuracy")), gap=as_float(r.get("balanced_accuracy")) - chance,
                 ci_low=as_float(r.get("bacc_ci_low")) - chance, ci_high=as_float(r.get("bacc_ci_high")) - chance,
                 n_worst=None, n_best=r.get("n"), p_value=as_float(r.get("p_value")), p_adj=float(pa), correction=corr,
-                significant=sig, status="significant" if sig else ("not significant" if tested else "not tested"),
+                significant=sig, status=status_of(sig, tested),
                 source="linear_probe",
                 text=(f"embeddings encode {r['attribute']}: a linear probe recovers it with balanced accuracy "
                       f"{fmt(r.get('balanced_accuracy'))} (95% CI {fmt(r.get('bacc_ci_low'))} to "
@@ -337,7 +310,7 @@ def embedding_rows(tables: Tables, alpha: float) -> list[dict[str, Any]]:
                 best_value=float("nan"), gap=as_float(top["mmd2"]), ci_low=float("nan"), ci_high=float("nan"),
                 n_worst=int(top["n_a"]), n_best=int(top["n_b"]), p_value=as_float(top["p_value"]),
                 p_adj=as_float(top["_padj"]), correction=corr, significant=sig,
-                status="significant" if sig else ("not significant" if tested else "not tested"), source="mmd",
+                status=status_of(sig, tested), source="mmd",
                 text=(f"embedding distributions by {attr}: not tested ({top['estimator']})." if not tested else
                       f"embedding distributions by {attr}: {len(sig_rows)} of {len(g)} group pairs differ (MMD test); "
                       f"strongest {top['group_a']} (n={fmt_n(top['n_a'])}) vs {top['group_b']} (n={fmt_n(top['n_b'])}), "
