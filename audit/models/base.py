@@ -248,6 +248,14 @@ class Adapter(ABC):
         """Module mapping the pooled token to the embedding (CLIP), if any."""
         return None
 
+    def residual_view(self) -> Any:
+        """The :class:`~audit.models.residual.ResidualView` of the vision tower (per-head outputs, MLP
+        branches, final norm, pooling and head) for the head/MLP decomposition (:mod:`audit.components`)."""
+        from audit.errors import UsageError
+
+        raise UsageError(f"{self.spec} ({self.family}): the head/MLP decomposition does not support this family; "
+                         "use a timm ViT, an open_clip CLIP or a transformers ViT / CLIP")
+
     # -- text tower (CLIP only) ------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         raise NotImplementedError(f"{self.spec} has no text tower")

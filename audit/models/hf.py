@@ -270,6 +270,32 @@ class HFAdapter(Adapter):
     def image_projection(self) -> nn.Module | None:
         return self.model.visual_projection if self.model_type == "clip" else None
 
+    def residual_view(self) -> Any:
+        """transformers CLIP (``self_attn.out_proj``, ``mlp``, ``post_layernorm``, ``visual_projection``) and ViT
+        (v5 ``attention.o_proj`` / ``mlp``; v4 ``attention.output.dense`` / ``output.dense``; ``layernorm``,
+        ``classifier``); no layer scale."""
+        from audit.models.residual import BlockView, ResidualView, pre_hook_recorder
+
+        blocks = []
+        for blk in self.vision_blocks():
+            if self.model_type == "clip":
+                proj, mlp, n_heads = blk.self_attn.out_proj, blk.mlp, blk.self_attn.num_heads
+            else:
+                att = blk.attention
+                proj = att.o_proj if hasattr(att, "o_proj") else att.output.dense
+                mlp = blk.mlp if hasattr(blk, "mlp") else blk.output.dense
+                n_heads = self._vision_config.num_attention_heads
+            blocks.append(BlockView(block=blk, record_heads=pre_hook_recorder(proj), proj_weight=proj.weight,
+                                    proj_bias=proj.bias, attn_scale=None, n_heads=int(n_heads), mlp_branch=mlp))
+        if self.model_type == "clip":
+            norm, head, fwd, out = self.model.vision_model.post_layernorm, self.model.visual_projection, \
+                self.encode_image, "embedding"
+        else:
+            norm, head, fwd, out = self.model.vit.layernorm, self.model.classifier, self.logits, "logits"
+        return ResidualView(blocks=blocks, layout=self.token_layout(), final_norm=norm,
+                            norm_after_pool=self.model_type == "clip",  # post_layernorm reads the pooled token
+                            head_weight=head.weight, head_bias=head.bias, output=out, forward=fwd)  # type: ignore[arg-type]
+
     # -- text --------------------------------------------------------------------------------
     def _need_text(self) -> None:
         if self.model_type != "clip":

@@ -286,6 +286,28 @@ class OpenClipAdapter(Adapter):
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(x)  # (B, D), not normalised
 
+    def residual_view(self) -> Any:
+        """open_clip image tower: heads recomputed in eager ops inside ``attn`` (its fused forward never calls
+        ``out_proj``), layer scales ``ls_1``/``ls_2``, the MLP branch is ``ls_2``'s output, ``ln_post``, ``proj``."""
+        from audit.models.residual import BlockView, ResidualView, mha_head_recorder, scale_of
+
+        v = self._visual
+        if getattr(v, "attn_pool", None) is not None:
+            raise UsageError(f"{self.spec}: attention-pooled image towers cannot be decomposed")
+        blocks = []
+        for i, blk in enumerate(self.vision_blocks()):
+            mha = getattr(blk, "attn", None)
+            if not isinstance(mha, nn.MultiheadAttention):
+                raise UsageError(f"{self.spec}: image block {i} uses {type(mha).__name__}, not nn.MultiheadAttention")
+            blocks.append(BlockView(block=blk, record_heads=mha_head_recorder(mha), proj_weight=mha.out_proj.weight,
+                                    proj_bias=mha.out_proj.bias, attn_scale=scale_of(blk.ls_1),
+                                    n_heads=int(mha.num_heads), mlp_branch=blk.ls_2))
+        proj = v.proj
+        return ResidualView(blocks=blocks, layout=self.token_layout(), final_norm=v.ln_post,
+                            norm_after_pool=bool(getattr(v, "final_ln_after_pool", False)),
+                            head_weight=None if proj is None else proj.T, head_bias=None, output="embedding",
+                            forward=self.encode_image, seq_first=not getattr(v.transformer, "batch_first", True))
+
     # -- text tower ----------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self.tokenizer(list(texts)).to(self.device)  # (T, L)

@@ -249,6 +249,32 @@ class TimmViTAdapter(Adapter):
         emb = self.model.forward_head(feats, pre_logits=True)  # (B, D)
         return emb, self.model.forward_head(feats)  # (B, C)
 
+    def residual_view(self) -> Any:
+        """timm blocks: heads enter ``attn.proj``, layer scales ``ls1``/``ls2``, the MLP branch is ``ls2``'s
+        output; final norm ``norm`` (token pooling) or ``fc_norm`` (mean pooling); the head ``head``."""
+        from audit.models.residual import BlockView, ResidualView, pre_hook_recorder, scale_of
+
+        m = self.model
+        if getattr(m, "dist_token", None) is not None or getattr(m, "attn_pool", None) is not None:
+            raise UsageError(f"{self.spec}: distilled (two-head) and attention-pooled ViTs cannot be decomposed")
+        blocks = []
+        for i, blk in enumerate(m.blocks):
+            attn = blk.attn
+            if not isinstance(getattr(attn, "proj", None), nn.Linear) or not hasattr(blk, "ls2"):
+                raise UsageError(f"{self.spec}: block {i} ({type(blk).__name__}) is not a timm ViT block")
+            blocks.append(BlockView(block=blk, record_heads=pre_hook_recorder(attn.proj), proj_weight=attn.proj.weight,
+                                    proj_bias=attn.proj.bias, attn_scale=scale_of(blk.ls1),
+                                    n_heads=int(attn.num_heads), mlp_branch=blk.ls2))
+        lay = self.token_layout()
+        after = not isinstance(getattr(m, "fc_norm", nn.Identity()), nn.Identity)
+        norm = m.fc_norm if after else m.norm
+        head = m.head if getattr(m, "num_classes", 0) else None
+        fwd = self.logits if head is not None else self.encode_image
+        return ResidualView(blocks=blocks, layout=lay, final_norm=norm, norm_after_pool=after or lay.pooled is None,
+                            head_weight=None if head is None else head.weight,
+                            head_bias=None if head is None else head.bias,
+                            output="logits" if head is not None else "embedding", forward=fwd)
+
 
 # -- helpers -------------------------------------------------------------------------------
 def _recording_dropout(drop: nn.Module):

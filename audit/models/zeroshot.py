@@ -137,6 +137,10 @@ class ZeroShotHead(Adapter):
     def image_projection(self) -> nn.Module | None:
         return self.clip.image_projection()
 
+    def residual_view(self) -> Any:
+        """The wrapped CLIP's view (it reconstructs the image embedding; logits follow from it)."""
+        return self.clip.residual_view()
+
     @property
     def logit_scale(self) -> float:
         return self.clip.logit_scale
