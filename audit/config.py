@@ -267,6 +267,39 @@ class ClipConfig(_Strict):
         return v
 
 
+class EmbedderConfig(_Strict):
+    """A CLIP model whose image tower embeds the rows for slice discovery or naming (its text tower
+    names the slices)."""
+
+    spec: str = Field(description="FAMILY:NAME of a CLIP model, e.g. open_clip:ViT-B-32/laion2b_s34b_b79k")
+    checkpoint: Path | None = Field(default=None, description="local weights file or HF directory")
+    options: dict[str, Any] = Field(default_factory=dict, description="family-specific load options")
+
+
+class SlicesConfig(_Strict):
+    """Error slices nobody labelled (audit/slices/, docs/RUN_FORMAT.md "Error slices"): found in
+    embedding space on one half of the labelled rows, confirmed on the other half."""
+
+    enabled: bool = Field(default=True, description="runs with labels only; a label-free run records why not")
+    embedder: EmbedderConfig | None = Field(
+        default=None, description="a CLIP model to name slices in words (and, with discover_on: embedder, "
+                                  "to find them); default: the audited model (a CLIP run names its own)")
+    discover_on: Literal["model", "embedder"] = Field(
+        default="model", description="whose image embeddings the slices are found in")
+    vocabulary: list[str] = Field(default_factory=lambda: ["default"],
+                                  description="\"default\" (the shipped concepts) and/or vocabulary YAML paths")
+    fdr: float = Field(default=0.05, gt=0, lt=1, description="Benjamini-Hochberg level over the candidates")
+    per_class: bool = Field(default=True, description="also search within each class, not only over all rows")
+    n_components: int = Field(default=16, ge=2, le=256, description="mixture components per scope, at most")
+    seed: int | None = Field(default=None, description="split and mixture seed; default: stats.seed")
+
+    @model_validator(mode="after")
+    def _embedder_needed(self) -> SlicesConfig:
+        if self.discover_on == "embedder" and self.embedder is None:
+            raise ValueError("slices.discover_on: embedder needs slices.embedder (a CLIP model spec)")
+        return self
+
+
 class RunConfig(_Strict):
     output: Path
     batch_size: int = Field(default=32, ge=1)
@@ -289,6 +322,7 @@ class AuditConfig(_Strict):
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
     stats: StatsConfig = Field(default_factory=StatsConfig)
     clip: ClipConfig = Field(default_factory=ClipConfig)
+    slices: SlicesConfig = Field(default_factory=SlicesConfig)
     run: RunConfig
 
     def resolve_paths(self, base: Path) -> AuditConfig:
@@ -302,7 +336,11 @@ class AuditConfig(_Strict):
         data = self.data.model_copy(update={"manifest": fix(self.data.manifest), "root": fix(self.data.root)})
         model = self.model.model_copy(update={"checkpoint": fix(self.model.checkpoint)})
         run = self.run.model_copy(update={"output": fix(self.run.output), "cache_dir": fix(self.run.cache_dir)})
-        return self.model_copy(update={"data": data, "model": model, "run": run})
+        sl = self.slices
+        emb = sl.embedder.model_copy(update={"checkpoint": fix(sl.embedder.checkpoint)}) if sl.embedder else None
+        vocab = [v if v == "default" else str(fix(Path(v))) for v in sl.vocabulary]
+        slices = sl.model_copy(update={"embedder": emb, "vocabulary": vocab})
+        return self.model_copy(update={"data": data, "model": model, "run": run, "slices": slices})
 
     def check_paths(self) -> None:
         """Raise ConfigError naming the field when an input path does not exist."""
@@ -313,6 +351,11 @@ class AuditConfig(_Strict):
             missing.append(f"data.root: {self.data.root} is not a directory")
         if self.model.checkpoint is not None and not self.model.checkpoint.exists():
             missing.append(f"model.checkpoint: {self.model.checkpoint} does not exist")
+        emb = self.slices.embedder
+        if emb is not None and emb.checkpoint is not None and not emb.checkpoint.exists():
+            missing.append(f"slices.embedder.checkpoint: {emb.checkpoint} does not exist")
+        missing += [f"slices.vocabulary[{i}]: {v} does not exist" for i, v in enumerate(self.slices.vocabulary)
+                    if v != "default" and not Path(v).exists()]
         if missing:
             raise ConfigError("config refers to paths that do not exist:\n  " + "\n  ".join(missing))
 

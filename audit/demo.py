@@ -40,6 +40,8 @@ def demo_config(name: str, manifest: Path, out: Path) -> dict[str, Any]:
         "stats": {"n_boot": 1000, "n_perm": 1000, "seed": 0},
         "run": {"output": str(out / name), "overwrite": True, "batch_size": 64},
     }
+    if name.startswith("vit"):  # a classifier has no text tower: the zoo CLIP names its error slices in words
+        cfg["slices"] = {"embedder": {"spec": "zoo:clip-control"}}
     if name.startswith("clip"):
         cfg["model"]["class_prompts"] = {c: [f"a photo of a {c}"] for c in W.classes}
         other = next(g for g in W.groups if g != W.concept_group)

@@ -280,6 +280,10 @@ def _run_stages(config: AuditConfig, run: Run, manifest: Any, df: Any, adapter: 
     if adapter.kind == "clip":
         with timer.stage("clip"):
             analyses.clip_analyses(ctx)
+    with timer.stage("slices"):
+        from audit.slices.stage import run_slices
+
+        run_slices(ctx)
     with timer.stage("finish"):
         run.meta["limitations"] = analyses.limitations(ctx)
         analyses.findings(ctx)

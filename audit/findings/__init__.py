@@ -15,12 +15,13 @@ column                    meaning
 rank                      1 = first; significant after correction first, then by effect
 kind                      performance, calibration, harmful_label, association,
                           retrieval_skew, embedding, region_mass, prediction_distribution,
-                          faithfulness, sanity
+                          faithfulness, sanity, slice (an error slice nobody labelled)
 attribute                 the group column (intersections joined with "×"), "" if none
 metric                    the metric's name (``tpr``, ``accuracy``, ``effect_size`` ...)
 scope                     ``overall``, ``macro`` (mean of one-vs-rest rows), ``class:<name>``,
                           ``method:<name>``, ``test:<name>``, ``query:<text>@<k>``
-family                    range (max−min over k groups), pairwise, one_vs_rest, single
+family                    range (max−min over k groups), pairwise, one_vs_rest, single,
+                          slice_vs_rest
 worst_group / best_group  the groups at the two ends (worst by the metric's direction)
 worst_value / best_value  their values
 gap                       the effect: best − worst for rates (≥ 0), d for associations ...
@@ -71,6 +72,7 @@ from audit.findings.sources import (
     prediction_rows,
     region_mass_rows,
     retrieval_rows,
+    slice_rows,
 )
 from audit.stats.rules import MIN_GROUP_SIZE
 
@@ -104,7 +106,7 @@ def _effect(row: Mapping[str, Any]) -> float:
     kind, gap = row["kind"], abs(as_float(row.get("gap")))
     if not math.isfinite(gap):
         return 0.0
-    if kind in ("performance", "calibration", "harmful_label", "prediction_distribution", "region_mass"):
+    if kind in ("performance", "calibration", "harmful_label", "prediction_distribution", "region_mass", "slice"):
         return min(gap, 1.0)
     if kind == "association":
         return min(gap / 2.0, 1.0)
@@ -134,6 +136,7 @@ def build_findings(
     rows += performance_rows(tables, alpha)
     rows += harmful_rows(tables, alpha)
     rows += association_rows(tables, alpha)
+    rows += slice_rows(tables, alpha)
     labelled = tables.get("disparities") is not None and not tables["disparities"].empty
     if not labelled:  # with labels the same shares are the disparities' selection_rate rows (one test, not two)
         rows += prediction_rows(tables, alpha)
@@ -169,7 +172,7 @@ def build_findings(
 #: the tables build_findings reads
 SOURCE_TABLES = ("disparities", "group_performance", "harmful_disparities", "harmful_rates", "association",
                  "prediction_disparities", "prediction_distribution", "region_mass", "retrieval_skew",
-                 "linear_probe", "mmd", "faithfulness_verdicts", "sanity")
+                 "linear_probe", "mmd", "faithfulness_verdicts", "sanity", "slices")
 
 
 def findings_for_run(run: Any) -> pd.DataFrame:

@@ -28,13 +28,14 @@ NO_DIRECTION = frozenset({d.name for d in metric_definitions() if d.higher_is_be
 #: display names: the group metrics' from the metric table, then the other analyses' metrics
 METRIC_NAMES = {
     **{d.name: d.display_name for d in metric_definitions()},
-    "harmful_label_rate": "harmful-label rate", "share": "share of predictions",
+    "harmful_label_rate": "harmful-label rate", "share": "share of predictions", "error_rate": "error rate",
 }
-KIND_ORDER = ("performance", "calibration", "harmful_label", "association", "prediction_distribution",
+KIND_ORDER = ("performance", "calibration", "harmful_label", "association", "slice", "prediction_distribution",
               "region_mass", "retrieval_skew", "embedding", "faithfulness", "sanity")
 #: what the model does to people and groups (its outputs) is read before how it does it (its
 #: representation and explanations): tier 0 kinds rank before tier 1 kinds of the same status
-OUTCOME_KINDS = frozenset({"performance", "calibration", "harmful_label", "association", "prediction_distribution"})
+OUTCOME_KINDS = frozenset({"performance", "calibration", "harmful_label", "association", "slice",
+                           "prediction_distribution"})
 DEFAULT_ALPHA = ALPHA
 DEFAULT_HEADLINE = 5
 

@@ -368,3 +368,45 @@ def faithfulness_rows(tables: Tables, alpha: float) -> list[dict[str, Any]]:
                   f"re-initialising blocks {worst['randomized_blocks']}); its maps say little about the model."),
         ))
     return out
+
+
+def slice_rows(tables: Tables, alpha: float) -> list[dict[str, Any]]:
+    """Error slices (table ``slices``): one row per candidate, confirmed or not, tested on the held-out half.
+
+    The slice is the worst "group", the rest of its scope the best; ``n_worst``/``n_best`` are the
+    confirmation half's rows; ``p_adj`` is Benjamini-Hochberg over the candidates. ``attribute`` is
+    empty: no labelled column defines a slice (its overlap with the labelled groups is in the text).
+    """
+    s = tables.get("slices")
+    if s is None or s.empty:
+        return []
+    m = int((~s["small"].astype(bool)).sum())
+    out = []
+    for r in s.to_dict("records"):
+        scope = str(r["scope"])
+        small = bool(r.get("small"))
+        sig = bool(r.get("confirmed")) and not small
+        corr = f"bh over the slice candidates (m={m})"
+        rest = "the rest" if scope == "overall" else f"the rest of class {scope[6:]!r}"
+        name = f"slice {int(r['slice_id'])}"
+        row = dict(
+            kind="slice", attribute="", metric="error_rate", scope=scope, family="slice_vs_rest",
+            worst_group=name, best_group=rest, worst_value=as_float(r.get("error_rate")),
+            best_value=as_float(r.get("rest_error_rate")), gap=as_float(r.get("difference")),
+            ci_low=as_float(r.get("ci_low")), ci_high=as_float(r.get("ci_high")),
+            n_worst=r.get("n_confirm"), n_best=r.get("n_rest"), p_value=as_float(r.get("p_value")),
+            p_adj=as_float(r.get("p_adj")), correction=corr, significant=sig, status=status_of(sig, not small),
+            source="slices",
+        )
+        desc = str(r.get("description") or "")
+        if small:
+            row["text"] = (f"error slice {int(r['slice_id'])} ({desc}): not tested on the held-out half "
+                           f"({r.get('note') or 'too few rows'}).")
+        else:
+            held = "confirmed on the held-out half" if sig else "not confirmed on the held-out half"
+            row["text"] = (f"error slice {int(r['slice_id'])} ({desc}): error rate {fmt(row['worst_value'])}, "
+                           f"n={fmt_n(row['n_worst'])} vs {fmt(row['best_value'])} for {rest}, "
+                           f"n={fmt_n(row['n_best'])}; difference {fmt(row['gap'])} (95% CI {fmt(row['ci_low'])} to "
+                           f"{fmt(row['ci_high'])}), p_adj = {fmt_p(row['p_adj'])} (Benjamini-Hochberg), {held}.")
+        out.append(row)
+    return out

@@ -55,6 +55,13 @@ Rule semantics (the same wording is in ``examples/policy.yaml``):
     CLIP runs: |effect size d| of each association test; with ``require_significance``
     only tests significant after Holm correction can fail.
 
+``max_confirmed_slice_gap``
+    Runs with labels: every error slice confirmed on the held-out half (the ledger's ``slice``
+    rows; Benjamini-Hochberg over the candidates) whose error-rate difference to the rest of its
+    scope exceeds ``threshold`` fails (``bound``: ``point``, default, or ``ci_low``: only a slice
+    whose whole interval is above the threshold). Unconfirmed slices cannot fail; no confirmed slice
+    passes. A run without a ``slices`` table (label-free, ``slices.enabled: false``) is not tested.
+
 Holm (``holm_family`` of the rules that test significance): ``policy`` (default) = Holm over
 the raw p-values of every ledger row this policy judges by significance (all classes of
 ``max_classwise_gap`` included, each row counted once); ``run`` = the ledger's ``p_adj``
@@ -90,6 +97,7 @@ from audit.report.policy_rules import (
     gap_items,
     group_rows,
     harmful_rows,
+    slice_rows,
     judge,
     num,
     per_class_rows,
@@ -239,7 +247,7 @@ def evaluate(run: Run, policy: Policy) -> Verdict:
     for it in items:
         judge(it)
     per_group = {"min_per_class_metric": per_class_rows, "min_worst_group_accuracy": worst_rows,
-                 "max_harmful_label_rate": harmful_rows}
+                 "max_harmful_label_rate": harmful_rows, "max_confirmed_slice_gap": slice_rows}
     rows: list[dict[str, Any]] = []
     for key in RULE_KEYS:
         if getattr(policy, key) is None:

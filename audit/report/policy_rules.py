@@ -500,3 +500,34 @@ def harmful_rows(run: Run, ledger: pd.DataFrame, policy: Policy, attrs: list[str
                          p_adj=lr.get("p_adj"), correction=str(lr.get("correction") or ""), note=note,
                          text=str(lr.get("text") or "")))
     return rows
+
+
+def slice_rows(run: Run, ledger: pd.DataFrame, policy: Policy, attrs: list[str]) -> list[dict[str, Any]]:
+    """``max_confirmed_slice_gap``: one row per error slice confirmed on the held-out half (the ledger's
+    ``slice`` rows); a slice that did not confirm cannot fail. No confirmed slice: one passing row."""
+    rule = policy.max_confirmed_slice_gap
+    assert rule is not None
+    name, metric = "max_confirmed_slice_gap", "error_rate"
+    if not run.has_table("slices"):
+        why = run.meta.get("slices", {}).get("skipped") or "the run has no slices table (slices.enabled, or an older run)"
+        return [_row(name, "not tested", metric=metric, threshold=rule.threshold, note=f"not tested: {why}")]
+    ls = ledger[ledger["kind"] == "slice"]
+    confirmed = ls[ls["significant"]]
+    if confirmed.empty:
+        tested = int((ls["status"] != "not tested").sum())
+        return [_row(name, "pass", metric=metric, threshold=rule.threshold,
+                     note=f"no error slice confirmed on the held-out half ({tested} candidate(s) tested, "
+                          f"{len(ls) - tested} too small to test)")]
+    rows = []
+    for r in confirmed.to_dict("records"):
+        observed = num(r["gap"] if rule.bound == "point" else r["ci_low"])
+        failed = observed is None or observed > rule.threshold
+        what = "difference" if rule.bound == "point" else "lower end of the difference's 95% interval"
+        rows.append(_row(name, "fail" if failed else "pass", metric=metric, scope=str(r["scope"]),
+                         group=str(r["worst_group"]), observed=observed, threshold=rule.threshold,
+                         lo=r["ci_low"], hi=r["ci_high"], n=r["n_worst"], n_other=r["n_best"],
+                         p_value=r["p_value"], p_adj=r["p_adj"], correction=str(r["correction"]),
+                         note=f"confirmed slice's error-rate {what} {fmt(observed)} "
+                              f"{'exceeds' if failed else 'is within'} the threshold",
+                         text=str(r["text"])))
+    return rows

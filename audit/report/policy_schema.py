@@ -19,7 +19,7 @@ VERDICT_COLUMNS = ["rule", "outcome", "attribute", "metric", "scope", "metric_la
 Outcome = Literal["pass", "fail", "not tested"]
 Family = Literal["range", "pairwise", "one_vs_rest"]
 #: metric names vision-audit computes; one of them missing from a run is "not tested", any other is exit 2
-KNOWN_METRICS = frozenset(METRIC_NAMES) | {"effect_size", "mass_in_mask", "skew", "probe_balanced_accuracy", "mmd2"}
+KNOWN_METRICS = frozenset(METRIC_NAMES) | {"error_rate", "effect_size", "mass_in_mask", "skew", "probe_balanced_accuracy", "mmd2"}
 #: the ledger keeps one row for a metric and its complement (same groups, gap and test)
 LEDGER_ALIAS = {"fnr": "tpr"}
 FAMILY_ORDER = ("range", "pairwise", "one_vs_rest")
@@ -88,8 +88,15 @@ class AssociationRule(_Strict):
     holm_family: Literal["policy", "run"] = "policy"
 
 
+class SliceRule(_Strict):
+    """Maximum error-rate difference between a confirmed error slice and the rest of its scope."""
+
+    threshold: float = Field(gt=0, le=1)
+    bound: Literal["point", "ci_low"] = "point"
+
+
 RULE_KEYS = ("max_accuracy_gap", "max_classwise_gap", "min_per_class_metric", "min_worst_group_accuracy",
-             "max_harmful_label_rate", "max_association_effect_size")
+             "max_harmful_label_rate", "max_association_effect_size", "max_confirmed_slice_gap")
 
 
 class Policy(_Strict):
@@ -108,6 +115,7 @@ class Policy(_Strict):
     min_worst_group_accuracy: WorstGroupRule | None = None
     max_harmful_label_rate: HarmfulRule | None = None
     max_association_effect_size: AssociationRule | None = None
+    max_confirmed_slice_gap: SliceRule | None = None
 
     @model_validator(mode="after")
     def _some_rule(self) -> Policy:
