@@ -69,6 +69,56 @@ class PreprocessConfig(_Strict):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
+class ProbeConfig(_Strict):
+    """A linear head on a frozen backbone (``model.probe``): read from ``weights`` or fitted on ``manifest``.
+
+    ``weights``: a safetensors file with exactly ``weight`` (C, D) and ``bias`` (C,) (class names
+    from ``class_names`` or the file's metadata). ``manifest``: a labelled training manifest
+    (``columns``, ``root``, ``format`` as in ``data``) on whose embeddings scikit-learn fits a
+    multinomial logistic regression (``C``, ``max_iter``, ``seed``, ``standardize``); ``holdout``
+    is the fraction held out by a seeded stratified split, or a labelled held-out manifest.
+    """
+
+    weights: Path | None = Field(default=None, description="safetensors head: weight (C, D), bias (C,)")
+    class_names: list[str] | None = Field(default=None, description="with weights: the C class names in row order")
+    manifest: Path | None = Field(default=None, description="labelled training manifest the head is fitted on")
+    columns: ColumnMap = Field(default_factory=lambda: ColumnMap(label="label"))
+    root: Path | None = None
+    format: ManifestFormat = "auto"
+    C: float = Field(default=1.0, gt=0, description="inverse L2 strength of the logistic regression")
+    max_iter: int = Field(default=1000, ge=1)
+    seed: int | None = Field(default=None, description="split and solver seed; default: stats.seed")
+    standardize: bool = Field(default=True, description="z-score the embeddings (folded into W and b)")
+    holdout: float | Path = Field(default=0.2, description="fraction held out (0: none) or a held-out manifest")
+    allow_same_manifest: bool = Field(
+        default=False, description="allow data.manifest as the training manifest (optimistic accuracy)")
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _label_column_default(cls, v: Any) -> Any:
+        if isinstance(v, dict) and "label" not in v:
+            return {**v, "label": "label"}
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ProbeConfig:
+        if (self.weights is None) == (self.manifest is None):
+            raise ValueError("give weights (a safetensors head) or manifest (a labelled training manifest), "
+                             "exactly one")
+        fit_keys = {"columns", "root", "format", "C", "max_iter", "seed", "standardize", "holdout",
+                    "allow_same_manifest"}
+        if self.weights is not None and fit_keys & self.model_fields_set:
+            raise ValueError(f"{sorted(fit_keys & self.model_fields_set)} only apply to a fitted head (manifest); "
+                             "a weights file is used as it is")
+        if self.manifest is not None and self.class_names is not None:
+            raise ValueError("class_names go with weights; a fitted head's classes are the manifest's labels")
+        if self.manifest is not None and self.columns.label is None:
+            raise ValueError("columns.label: a probe is fitted on labelled images; name the label column")
+        if isinstance(self.holdout, float) and not 0 <= self.holdout < 1:
+            raise ValueError(f"holdout must be a fraction in [0, 1) or a manifest path (got {self.holdout})")
+        return self
+
+
 class ModelConfig(_Strict):
     """Which model to audit."""
 
@@ -81,6 +131,15 @@ class ModelConfig(_Strict):
     class_prompts: dict[str, list[str]] | None = None
     #: explicit preprocessing (any subset; the rest from the model's own config)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    #: a linear head on the (frozen) model's image embedding; the model's own head, if any, is not used
+    probe: ProbeConfig | None = None
+
+    @model_validator(mode="after")
+    def _probe_alone(self) -> ModelConfig:
+        if self.probe is not None and (self.class_prompts is not None or self.class_names is not None):
+            raise ValueError("model.probe gives the classes (its manifest's labels or probe.class_names); "
+                             "leave out model.class_prompts and model.class_names")
+        return self
 
     @field_validator("spec")
     @classmethod
@@ -335,6 +394,11 @@ class AuditConfig(_Strict):
 
         data = self.data.model_copy(update={"manifest": fix(self.data.manifest), "root": fix(self.data.root)})
         model = self.model.model_copy(update={"checkpoint": fix(self.model.checkpoint)})
+        if model.probe is not None:
+            pr = model.probe
+            hold = fix(pr.holdout) if isinstance(pr.holdout, Path) else pr.holdout
+            model = model.model_copy(update={"probe": pr.model_copy(update={
+                "weights": fix(pr.weights), "manifest": fix(pr.manifest), "root": fix(pr.root), "holdout": hold})})
         run = self.run.model_copy(update={"output": fix(self.run.output), "cache_dir": fix(self.run.cache_dir)})
         sl = self.slices
         emb = sl.embedder.model_copy(update={"checkpoint": fix(sl.embedder.checkpoint)}) if sl.embedder else None
@@ -351,6 +415,14 @@ class AuditConfig(_Strict):
             missing.append(f"data.root: {self.data.root} is not a directory")
         if self.model.checkpoint is not None and not self.model.checkpoint.exists():
             missing.append(f"model.checkpoint: {self.model.checkpoint} does not exist")
+        pr = self.model.probe
+        if pr is not None:
+            missing += [f"model.probe.{k}: {v} does not exist" for k, v in
+                        (("weights", pr.weights), ("manifest", pr.manifest),
+                         ("holdout", pr.holdout if isinstance(pr.holdout, Path) else None)) if v is not None
+                        and not Path(v).exists()]
+            if pr.root is not None and not pr.root.is_dir():
+                missing.append(f"model.probe.root: {pr.root} is not a directory")
         emb = self.slices.embedder
         if emb is not None and emb.checkpoint is not None and not emb.checkpoint.exists():
             missing.append(f"slices.embedder.checkpoint: {emb.checkpoint} does not exist")

@@ -34,8 +34,14 @@ __all__ = [
 # --------------------------------------------------------------------------- model
 
 
-def load_classifier(config: AuditConfig, class_names: Sequence[str] | None = None, *, device: str = "cpu"):
+def load_classifier(config: AuditConfig, class_names: Sequence[str] | None = None, *, device: str = "cpu",
+                    probe_head: Any = None):
     """Load the configured model; wrap a CLIP in a ZeroShotHead so it classifies.
+
+    With ``model.probe`` the model is a frozen backbone read by a linear head
+    (:func:`audit.models.probe.probe_classifier`: from ``probe_head``, a run's saved head file, else
+    ``model.probe.weights``, else fitted on ``model.probe.manifest``); the
+    :class:`~audit.models.probe.ProbeAdapter` is then both the adapter and the classifier.
 
     Returns ``(adapter, classifier)`` where ``classifier`` has ``logits`` and
     ``classifier is adapter`` for plain classifiers.
@@ -58,6 +64,11 @@ def load_classifier(config: AuditConfig, class_names: Sequence[str] | None = Non
         preprocess=preprocess,
         **options,
     )
+    if config.model.probe is not None:
+        from audit.models.probe import probe_classifier
+
+        probe = probe_classifier(config, adapter, device=device, head_file=probe_head)
+        return probe, probe
     if adapter.kind != "clip":
         return adapter, adapter
     prompts = config.model.class_prompts

@@ -286,7 +286,9 @@ class Run:
 
         :func:`audit.forward.load_classifier` on :attr:`config` with the run's class names (a
         CLIP becomes the same ZeroShotHead) under the run's seed, so a model without a checkpoint
-        gets the same initial weights; the caller's random state is left as it was. Only live
+        gets the same initial weights; the caller's random state is left as it was. A fitted probe
+        head (``model.probe``) is read from the run's ``probe_head.safetensors``, not fitted again;
+        the fingerprint then covers backbone and head. Only live
         probing needs this: reading a run never loads its model.
 
         Raises:
@@ -299,9 +301,16 @@ class Run:
         from audit.forward import load_classifier
 
         config = self.config
+        head = None
+        if config.model.probe is not None and (self.meta.get("model") or {}).get("probe", {}).get("source") == "fitted":
+            from audit.models.probe import HEAD_FILE
+
+            head = self.path / HEAD_FILE  # the fitted head as audited: never fitted again
+            if not head.is_file():
+                raise RunError(f"{self.path}: the run's probe head {HEAD_FILE} is missing; run the audit again")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.stats.seed)
-            adapter, classifier = load_classifier(config, self.class_names or None, device=device)
+            adapter, classifier = load_classifier(config, self.class_names or None, device=device, probe_head=head)
         recorded = (self.meta.get("model") or {}).get("fingerprint")
         if recorded and adapter.fingerprint != recorded:  # live maps of another model would be told as this run's
             raise RunError(f"{self.path}: the model that loads now ({config.model.spec}, fingerprint "

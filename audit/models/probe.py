@@ -1,0 +1,390 @@
+"""ProbeAdapter: a frozen backbone plus a linear head behaves as a plain image classifier.
+
+A feature model without a classifier (an MAE / DINO / DINOv2 ViT built with ``num_classes=0``, a
+CLIP image tower) is audited through a linear probe ``logits(x) = W @ encode_image(x) + b``. The
+head is read from a safetensors file holding exactly ``weight`` ``(C, D)`` and ``bias`` ``(C,)``,
+or fitted with scikit-learn's multinomial logistic regression on the embeddings of a labelled
+training manifest (``model.probe`` in a config; :func:`probe_classifier`). Everything else (token
+layout, blocks, attention patches, Grad-CAM layer, preprocessing, the embedding) is the wrapped
+backbone's, and gradients flow through the backbone, so every classifier method applies.
+
+Example:
+    >>> probe = ProbeAdapter(backbone, weight, bias, ["cat", "dog"])   # doctest: +SKIP
+    >>> probe.logits(images).shape                                      # (B, 2)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from audit.errors import ConfigError, UsageError
+from audit.models.base import Adapter, AttentionPatch, ModelSpec, TokenLayout, Tower
+
+__all__ = ["HEAD_FILE", "ProbeAdapter", "embed_dim", "fit_head", "load_head", "probe_classifier", "save_head"]
+
+#: the fitted head's file in a run directory (Run.load_model reads it instead of fitting again)
+HEAD_FILE = "probe_head.safetensors"
+
+
+class ProbeAdapter(Adapter):
+    """A backbone's image embedding read by a linear head: a classifier over the head's classes."""
+
+    family: ClassVar[str] = "probe"
+
+    def __init__(self, backbone: Adapter, weight: Any, bias: Any, class_names: Sequence[str], *,
+                 info: dict[str, Any] | None = None) -> None:
+        """Args:
+            backbone: a loaded adapter (a classifier's own head, if it has one, is not used).
+            weight: ``(C, D)`` head weight; ``D`` the backbone's embedding size.
+            bias: ``(C,)`` head bias.
+            class_names: the ``C`` class names, in the head's row order.
+            info: provenance of the head (``source``, ``path``, accuracy ...), shown in run.json.
+        """
+        w = torch.as_tensor(np.ascontiguousarray(weight, dtype=np.float64))
+        b = torch.as_tensor(np.ascontiguousarray(bias, dtype=np.float64))
+        names = [str(c) for c in class_names]
+        if w.dim() != 2 or b.shape != (w.shape[0],):
+            raise UsageError(f"probe head: weight must be (C, D) and bias (C,), got {tuple(w.shape)} and {tuple(b.shape)}")
+        if len(names) != w.shape[0] or len(set(names)) != len(names) or len(names) < 2:
+            raise UsageError(f"probe head: {w.shape[0]} rows need as many distinct class names (>= 2), got {names}")
+        if not (torch.isfinite(w).all() and torch.isfinite(b).all()):
+            raise UsageError("probe head: weight or bias holds NaN/Inf")
+        self.backbone = backbone
+        self.spec = backbone.spec
+        self.model = backbone.model
+        self.kind = "classifier"
+        self.class_names = names
+        self.preprocess = backbone.preprocess
+        self.attention_maps = backbone.attention_maps
+        self.attention_refusal = backbone.attention_refusal
+        self.input_size_hint = backbone.input_size_hint
+        self.weight = w.to(backbone.device)
+        self.bias = b.to(backbone.device)
+        self.info = dict(info or {})
+
+    @classmethod
+    def load(cls, spec: ModelSpec, *, device: str | torch.device = "cpu") -> Adapter:
+        raise UsageError("ProbeAdapter is built from a loaded backbone: ProbeAdapter(adapter, weight, bias, names) "
+                         "(or model.probe in a config)")
+
+    @property
+    def head_hash(self) -> str:
+        h = hashlib.sha256()
+        for t in (self.weight, self.bias):
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(json.dumps(self.class_names).encode())
+        return h.hexdigest()[:16]
+
+    @property
+    def fingerprint(self) -> str:
+        """The backbone's fingerprint plus the head's (weights, bias and class names)."""
+        return f"{self.backbone.fingerprint}+probe:{self.head_hash}"
+
+    # -- classifier ------------------------------------------------------------------------
+    def logits_from(self, emb: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` embedding -> ``(B, C)`` logits, in float64 outside autocast (the head is
+        applied exactly as scikit-learn's ``decision_function``)."""
+        with torch.autocast(device_type=emb.device.type, enabled=False):
+            return emb.double() @ self.weight.to(emb.device).T + self.bias.to(emb.device)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits_from(self.backbone.encode_image(x))
+
+    def embed_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone runs once: embedding (B, D) and probe logits (B, C)."""
+        emb = self.backbone.encode_image(x)
+        return emb, self.logits_from(emb)
+
+    # -- forwarded to the backbone -------------------------------------------------------------
+    def token_layout(self, input_size: tuple[int, int] | None = None) -> TokenLayout:
+        return self.backbone.token_layout(input_size)
+
+    def supports_input_size(self, size: tuple[int, int]) -> bool:
+        return self.backbone.supports_input_size(size)
+
+    def vision_blocks(self) -> list[nn.Module]:
+        return self.backbone.vision_blocks()
+
+    def attention_patches(self, tower: Tower = "vision") -> list[AttentionPatch]:
+        if tower != "vision":
+            raise UsageError("ProbeAdapter exposes the vision tower only")
+        return self.backbone.attention_patches("vision")
+
+    def gradcam_layer(self) -> nn.Module:
+        return self.backbone.gradcam_layer()
+
+    def gradcam_grid(self, out: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        return self.backbone.gradcam_grid(out, layout)
+
+    def gradcam_from_grid(self, grid: torch.Tensor, out: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        return self.backbone.gradcam_from_grid(grid, out, layout)
+
+    def gradcam_reshape(self, layout: TokenLayout):
+        return self.backbone.gradcam_reshape(layout)
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.encode_image(x)
+
+    def image_projection(self) -> nn.Module | None:
+        return self.backbone.image_projection()
+
+    def residual_view(self) -> Any:
+        """The backbone's view (it reconstructs the embedding; the probe logits are linear in it)."""
+        return self.backbone.residual_view()
+
+    def describe(self) -> dict[str, Any]:
+        d = self.backbone.describe()
+        d.update({"kind": "classifier", "fingerprint": self.fingerprint, "class_names": list(self.class_names),
+                  "backbone_kind": self.backbone.kind, "backbone_fingerprint": self.backbone.fingerprint,
+                  "probe": {**self.info, "head_sha": self.head_hash, "n_classes": len(self.class_names),
+                            "embed_dim": int(self.weight.shape[1])}})
+        return d
+
+
+# --------------------------------------------------------------------------- head files
+
+
+def embed_dim(backbone: Adapter) -> int:
+    """The size D of ``backbone.encode_image``'s output (one forward pass of a blank image)."""
+    h, w = tuple(backbone.preprocess.size)
+    with torch.no_grad():
+        return int(backbone.encode_image(torch.zeros(1, 3, int(h), int(w), device=backbone.device)).shape[-1])
+
+
+def load_head(path: str | os.PathLike[str], *, dim: int, where: str = "model.probe.weights"
+              ) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """Read a head file: ``(weight (C, D), bias (C,), metadata)``; exactly the tensors ``weight`` and ``bias``.
+
+    Raises:
+        ConfigError: the file is missing or not safetensors, holds other tensors, or its shapes do
+            not fit a backbone of embedding size ``dim`` (the message names the file and the shape).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{where}: {p} does not exist")
+    try:
+        with safe_open(str(p), framework="numpy") as f:
+            keys = sorted(f.keys())
+            meta = dict(f.metadata() or {})
+            if keys != ["bias", "weight"]:
+                raise ConfigError(f"{where}: {p} must hold exactly the tensors 'weight' (C, {dim}) and 'bias' (C,); "
+                                  f"it holds {keys}")
+            weight, bias = f.get_tensor("weight"), f.get_tensor("bias")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ConfigError(f"{where}: {p} is not a readable safetensors file ({exc})") from None
+    if weight.ndim != 2 or weight.shape[1] != dim or bias.shape != (weight.shape[0],):
+        raise ConfigError(f"{where}: {p} holds weight {tuple(weight.shape)} and bias {tuple(bias.shape)}; the "
+                          f"backbone's embedding has D={dim}, so expected weight (C, {dim}) and bias (C,)")
+    return weight.astype(np.float64), bias.astype(np.float64), meta
+
+
+def save_head(path: str | os.PathLike[str], probe: ProbeAdapter, *, key: str = "") -> Path:
+    """Write ``probe``'s head (``weight``, ``bias``; class names and provenance as metadata), atomically."""
+    from safetensors.numpy import save_file
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    arrays = {"weight": probe.weight, "bias": probe.bias}
+    save_file({k: np.ascontiguousarray(v.detach().cpu().numpy()) for k, v in arrays.items()}, str(tmp),
+              metadata={"class_names": json.dumps(probe.class_names), "info": json.dumps(probe.info, default=str),
+                        "key": key})
+    os.replace(tmp, p)
+    return p
+
+
+# --------------------------------------------------------------------------- fitting
+
+
+def fit_head(emb: np.ndarray, labels: Sequence[str], class_names: Sequence[str], *, C: float = 1.0,
+             max_iter: int = 1000, seed: int = 0, standardize: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Multinomial logistic regression (scikit-learn, lbfgs) on ``emb`` (n, D) -> ``(W (C, D), b (C,), fit)``.
+
+    With ``standardize`` the features are z-scored first and the scaling is folded into W and b,
+    so ``argmax(emb @ W.T + b)`` is the pipeline's ``predict``. Two classes give
+    ``W = [0, w]``, ``b = [0, b]`` (softmax of that is the binary model's sigmoid). ``fit`` holds
+    ``converged`` and ``n_iter``.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.asarray(emb, dtype=np.float64)
+    index = {c: i for i, c in enumerate(class_names)}
+    y = np.array([index[str(v)] for v in labels], dtype=np.int64)
+    present = sorted(set(y.tolist()))
+    if len(present) != len(class_names):
+        missing = [c for c in class_names if index[c] not in present]
+        raise UsageError(f"model.probe: the training rows have no example of class(es) {missing}; every class "
+                         "needs training images")
+    mean, scale = np.zeros(x.shape[1]), np.ones(x.shape[1])
+    if standardize:
+        sc = StandardScaler().fit(x)
+        mean, scale = sc.mean_, sc.scale_
+    clf = LogisticRegression(C=C, solver="lbfgs", max_iter=max_iter, random_state=seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        clf.fit((x - mean) / scale, y)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    coef, icpt = clf.coef_ / scale, clf.intercept_ - (clf.coef_ / scale) @ mean
+    if coef.shape[0] == 1:  # binary: sklearn's one decision function is class 1 against class 0
+        coef = np.vstack([np.zeros_like(coef), coef])
+        icpt = np.array([0.0, float(icpt[0])])
+    return coef, icpt, {"converged": bool(converged), "n_iter": int(np.max(clf.n_iter_))}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _accuracy(pred: np.ndarray, y: np.ndarray) -> dict[str, Any] | None:
+    from audit.stats.resampling import wilson_interval
+
+    n = len(y)
+    if n == 0:
+        return None
+    k = int((pred == y).sum())
+    lo, hi = wilson_interval(k, n)
+    p = k / n  # the interval is clamped to hold p (Wilson's bound at p = 1 can round to 1 - 1e-16)
+    return {"value": p, "k": k, "n": n, "ci_low": min(float(lo), p), "ci_high": max(float(hi), p),
+            "interval": "wilson 95%"}
+
+
+def _embed_manifest(backbone: Adapter, manifest: Any, *, batch_size: int, num_workers: int, device: str,
+                    precision: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(embeddings (n, D), labels (n,))`` of a labelled manifest, through :func:`audit.forward.forward_rows`."""
+    from audit.forward import forward_rows
+
+    out = forward_rows(_EmbeddingOnly(backbone), backbone, manifest.df, batch_size=batch_size,
+                       num_workers=num_workers, skip_bad=False, device=device, precision=precision)
+    labels = manifest.df.set_index("row_id").loc[out["row_id"], "label"].astype(str).to_numpy()
+    return out["embeddings"].astype(np.float64), labels
+
+
+class _EmbeddingOnly:
+    """The forward pass's classifier interface over a head-less backbone (embeddings only)."""
+
+    def __init__(self, backbone: Adapter) -> None:
+        self.backbone = backbone
+
+    def embed_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.backbone.encode_image(x)
+        return emb, emb.new_zeros(emb.shape[0], 1)
+
+
+def _load_labelled(path: Path, pc: Any, where: str, class_names: Sequence[str] | None = None) -> Any:
+    from audit.data import load_manifest
+
+    m = load_manifest(path, columns=pc.columns, root=pc.root, format=pc.format, class_names=class_names)
+    if "label" not in m.df.columns or m.df["label"].isna().any():
+        raise ConfigError(f"{where}: {path}: every training row needs a label (column {pc.columns.label!r})")
+    return m
+
+
+def probe_classifier(config: Any, backbone: Adapter, *, device: str = "cpu", head_file: Path | None = None,
+                     log: Any = None) -> ProbeAdapter:
+    """The ``model.probe`` head of ``config`` on ``backbone``: read from ``head_file`` (a run's saved
+    head), from ``model.probe.weights``, or fitted on ``model.probe.manifest``.
+
+    A fitted head is written to ``run.output/probe_head.safetensors`` (with the key of what it was
+    fitted on: a later call with the same probe config, manifest and backbone reads it back).
+    """
+    pc = config.model.probe
+    dim = embed_dim(backbone)
+    if head_file is not None:
+        w, b, meta = load_head(head_file, dim=dim, where="the run's probe head")
+        return ProbeAdapter(backbone, w, b, json.loads(meta["class_names"]), info=json.loads(meta.get("info", "{}")))
+    if pc.weights is not None:
+        w, b, meta = load_head(pc.weights, dim=dim)
+        names = list(pc.class_names or json.loads(meta.get("class_names", "null")) or [])
+        if len(names) != w.shape[0]:
+            raise ConfigError(f"model.probe.class_names: {pc.weights} has {w.shape[0]} classes; give "
+                              f"{w.shape[0]} class names (got {len(names)})")
+        info = {"source": "file", "path": str(pc.weights), "sha256": _sha256(Path(pc.weights))}
+        return ProbeAdapter(backbone, w, b, names, info=info)
+    return _fitted(config, backbone, dim, device=device)
+
+
+def _fitted(config: Any, backbone: Adapter, dim: int, *, device: str) -> ProbeAdapter:
+    pc = config.model.probe
+    where = "model.probe.manifest"
+    same = Path(pc.manifest).resolve() == Path(config.data.manifest).resolve()
+    if same and not pc.allow_same_manifest:
+        raise ConfigError(f"{where}: {pc.manifest} is also data.manifest: the audit would measure the probe on "
+                          "its own training images (optimistic accuracy); give a separate training manifest, "
+                          "or set model.probe.allow_same_manifest: true to do it anyway")
+    sha = _sha256(Path(pc.manifest)) if Path(pc.manifest).is_file() else None
+    hold_path = pc.holdout if isinstance(pc.holdout, Path) else None
+    key = hashlib.sha256(json.dumps({"probe": pc.model_dump(mode="json"), "sha": sha, "backbone": backbone.fingerprint,
+                                     "hold": _sha256(hold_path) if hold_path and hold_path.is_file() else None},
+                                    sort_keys=True).encode()).hexdigest()
+    out = Path(config.run.output) / HEAD_FILE
+    if out.is_file():
+        w, b, meta = load_head(out, dim=dim, where=str(out))
+        if meta.get("key") == key:
+            return ProbeAdapter(backbone, w, b, json.loads(meta["class_names"]), info=json.loads(meta["info"]))
+    train = _load_labelled(Path(pc.manifest), pc, where)
+    names = list(train.class_names)
+    kw = {"batch_size": config.run.batch_size, "num_workers": config.run.num_workers, "device": device,
+          "precision": config.run.precision}
+    x, y = _embed_manifest(backbone, train, **kw)
+    seed = int(pc.seed if pc.seed is not None else config.stats.seed)
+    xh, yh, holdout = np.zeros((0, x.shape[1])), np.zeros(0, dtype=object), "none"
+    if hold_path is not None:
+        xh, yh = _embed_manifest(backbone, _load_labelled(hold_path, pc, "model.probe.holdout", names), **kw)
+        holdout = str(hold_path)
+    elif pc.holdout > 0:
+        x, xh, y, yh = _split(x, y, pc.holdout, seed)
+        holdout = f"stratified split {pc.holdout:g} (seed {seed})"
+    w, b, fit = fit_head(x, y, names, C=pc.C, max_iter=pc.max_iter, seed=seed, standardize=pc.standardize)
+    idx = {c: i for i, c in enumerate(names)}
+
+    def acc(xs: np.ndarray, ys: np.ndarray) -> dict[str, Any] | None:
+        return _accuracy(np.argmax(xs @ w.T + b, axis=1), np.array([idx[str(v)] for v in ys], dtype=np.int64))
+
+    notes = []
+    if same:
+        notes.append("the probe was fitted on the audited manifest itself (model.probe.allow_same_manifest): "
+                     "its accuracy in this audit is optimistic")
+    if not fit["converged"]:
+        notes.append(f"lbfgs did not converge in max_iter={pc.max_iter}; raise model.probe.max_iter")
+    info = {"source": "fitted", "path": str(pc.manifest), "sha256": sha, "n_train": len(y),
+            "n_holdout": len(yh), "holdout": holdout, "classes": names, "seed": seed, "C": float(pc.C),
+            "max_iter": int(pc.max_iter), "standardize": bool(pc.standardize), **fit,
+            "estimator": "sklearn LogisticRegression(solver='lbfgs', multinomial)",
+            "train_accuracy": acc(x, y), "holdout_accuracy": acc(xh, yh) if len(yh) else None,
+            "same_manifest": bool(same), "head_file": HEAD_FILE, "notes": notes}
+    probe = ProbeAdapter(backbone, w, b, names, info=info)
+    run_json = Path(config.run.output) / "run.json"
+    if not run_json.exists() or config.run.overwrite or not out.exists():  # never over another run's head
+        save_head(out, probe, key=key)
+    return probe
+
+
+def _split(x: np.ndarray, y: np.ndarray, frac: float, seed: int):
+    from sklearn.model_selection import train_test_split
+
+    counts = {c: int((y == c).sum()) for c in set(y.tolist())}
+    stratify = y if min(counts.values()) >= 2 else None
+    try:
+        return train_test_split(x, y, test_size=frac, random_state=seed, stratify=stratify)
+    except ValueError as exc:
+        raise ConfigError(f"model.probe.holdout: cannot hold out {frac:g} of {len(y)} training rows ({exc}); "
+                          "lower it, give more rows, or set holdout: 0") from None
