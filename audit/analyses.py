@@ -171,6 +171,23 @@ def _load_batch(ctx: Context, rows: np.ndarray):
     return x.to(ctx.device), masks
 
 
+def explain_methods(config: AuditConfig, adapter: Any) -> tuple[list[str], list[str]]:
+    """``(methods to run, refusals of the default methods left out)`` for ``adapter``.
+
+    A method listed explicitly in ``explain.methods`` that does not apply (an attention method on
+    Swin / ConvNeXt) is a UsageError naming the key; the default list keeps only what applies.
+    """
+    from audit.errors import UsageError
+    from audit.explain.api import refusal
+
+    ex = config.explain
+    refused = {m: refusal(m, adapter) for m in ex.methods}
+    bad = [r for r in refused.values() if r]
+    if bad and "methods" in ex.model_fields_set:
+        raise UsageError(f"explain.methods: {bad[0]}; remove it from explain.methods")
+    return [m for m in ex.methods if not refused[m]], bad
+
+
 def explanations(ctx: Context) -> None:
     """Maps for a stratified subset, their faithfulness, the sanity check and region mass by group."""
     import pandas as pd
@@ -183,7 +200,10 @@ def explanations(ctx: Context) -> None:
     from audit.explain.sanity import model_randomization
 
     ex = ctx.config.explain
-    methods = list(ex.methods)
+    methods, left_out = explain_methods(ctx.config, ctx.classifier)
+    if left_out:
+        ctx.notes.append(f"Explanation methods left out of the default set because they do not apply to this "
+                         f"model: {'; '.join(left_out)}")
     if not methods or ex.max_images == 0:
         return
     rows = select_for_explanation(ctx.predictions, ctx.group_columns, ex.max_images, ctx.config.stats.seed)

@@ -70,6 +70,100 @@ def tiny_vit_avgpool() -> Adapter:
                       global_pool="avg", **TINY_VIT)
 
 
+#: tiny hierarchical models: 32x32 input, 4x4 final grid (total stride 8), 2 blocks, 3 classes
+TINY_SWIN: dict[str, Any] = {"img_size": 32, "patch_size": 4, "embed_dim": 16, "depths": (1, 1), "num_heads": (1, 2),
+                             "window_size": 4, "num_classes": 3}
+TINY_CONVNEXT: dict[str, Any] = {"depths": (1, 1, 0, 0), "dims": (8, 8, 16, 16), "patch_size": 1, "num_classes": 3}
+TINY_PP: dict[str, Any] = {"input_size": (32, 32), "crop_pct": 1.0, "interpolation": "bicubic", "resize_mode": "shortest",
+                           "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+
+def _tiny_timm_saved(name: str, opts: dict[str, Any], tmp_path: Path) -> Adapter:
+    from audit.models.checkpoints import save_state_dict
+
+    path = Path(tmp_path) / f"{name}.safetensors"
+    if not path.exists():
+        _seeded()
+        built = load_model(f"timm:{name}", pretrained=False, class_names=CLASS_NAMES, **opts)
+        save_state_dict(built.model, path, preprocess=TINY_PP)
+    return load_model(f"timm:{name}", checkpoint=path, class_names=CLASS_NAMES, **opts)
+
+
+def tiny_timm_swin(tmp_path: Path) -> Adapter:
+    """timm Swin (swin_tiny_patch4_window7_224 shrunk: 32x32, patch 4, window 4, depths (1, 1)), saved and
+    reloaded from ``tmp_path/swin_tiny_patch4_window7_224.safetensors`` (preprocessing recorded)."""
+    return _tiny_timm_saved("swin_tiny_patch4_window7_224", TINY_SWIN, tmp_path)
+
+
+def tiny_timm_convnext(tmp_path: Path) -> Adapter:
+    """timm convnext_atto shrunk (stem stride 1, dims (8, 8, 16, 16), depths (1, 1, 0, 0): stride 8), saved
+    and reloaded from ``tmp_path/convnext_atto.safetensors``."""
+    return _tiny_timm_saved("convnext_atto", TINY_CONVNEXT, tmp_path)
+
+
+def _save_hf_image_model(model: Any, path: Path) -> Path:
+    from transformers import ViTImageProcessor
+
+    model.save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}, resample=3, image_mean=list(TINY_PP["mean"]),
+                      image_std=list(TINY_PP["std"])).save_pretrained(path)
+    return Path(path)
+
+
+def save_tiny_hf_hier(kind: str, path: Path, *, head: bool = True) -> Path:
+    """Write a tiny transformers ``kind`` model (swin / convnext / dinov2 / dinov2_reg) to ``path``:
+    ForImageClassification with 3 labels, or the bare AutoModel with ``head=False``."""
+    import transformers as tf
+
+    _quiet_transformers()
+    _seeded()
+    labels = {"num_labels": 3, "id2label": dict(enumerate(CLASS_NAMES)),
+              "label2id": {n: i for i, n in enumerate(CLASS_NAMES)}}
+    vit = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+           "intermediate_size": 64}
+    if kind == "swin":
+        cfg, cls = tf.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2],
+                                 window_size=4, **labels), "Swin"
+    elif kind == "convnext":
+        cfg, cls = tf.ConvNextConfig(image_size=32, patch_size=4, num_channels=3, hidden_sizes=[16, 32],
+                                     depths=[1, 1], num_stages=2, **labels), "ConvNext"
+    elif kind == "dinov2":
+        cfg, cls = tf.Dinov2Config(**vit, **labels), "Dinov2"
+    else:
+        cfg, cls = tf.Dinov2WithRegistersConfig(**vit, num_register_tokens=2, **labels), "Dinov2WithRegisters"
+    model = getattr(tf, f"{cls}ForImageClassification" if head else f"{cls}Model")(cfg)
+    if kind.startswith("dinov2"):  # layer scales start at a constant: give them random values so they act
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lambda1" in name or "layer_scale" in name:
+                    p.copy_(0.5 + torch.rand(p.shape, generator=g))
+    return _save_hf_image_model(model, path)
+
+
+def tiny_hf_hier(kind: str, tmp_path: Path, *, head: bool = True) -> Adapter:
+    """:func:`save_tiny_hf_hier` under ``tmp_path`` and reloaded via ``hf:DIR``."""
+    d = Path(tmp_path) / f"hf_{kind}{'' if head else '_features'}"
+    if not (d / "config.json").exists():
+        save_tiny_hf_hier(kind, d, head=head)
+    return load_model(f"hf:{d}")
+
+
+def tiny_hf_swin(tmp_path: Path) -> Adapter:
+    """transformers SwinForImageClassification (32x32, patch 4, window 4, depths [1, 1]: 4x4 grid)."""
+    return tiny_hf_hier("swin", tmp_path)
+
+
+def tiny_hf_convnext(tmp_path: Path) -> Adapter:
+    """transformers ConvNextForImageClassification (32x32, patch 4, 2 stages: 4x4 grid)."""
+    return tiny_hf_hier("convnext", tmp_path)
+
+
+def tiny_hf_dinov2(tmp_path: Path) -> Adapter:
+    """transformers Dinov2ForImageClassification (32x32, patch 8, 2 layers, 2 heads)."""
+    return tiny_hf_hier("dinov2", tmp_path)
+
+
 def tiny_open_clip() -> Adapter:
     """open_clip CLIP: ViT image tower (32x32, patch 8, width 64, 2 layers), text tower (2 layers, context 16)."""
     _seeded()
@@ -168,4 +262,10 @@ def all_adapter_factories() -> dict[str, Callable[[Path], Adapter]]:
         "hf_vit": tiny_hf_vit,
         "hf_clip": tiny_hf_clip,
         "zeroshot_open_clip": lambda tmp: tiny_zeroshot(),
+        "timm_swin": tiny_timm_swin,
+        "timm_convnext": tiny_timm_convnext,
+        "hf_swin": tiny_hf_swin,
+        "hf_convnext": tiny_hf_convnext,
+        "hf_dinov2": tiny_hf_dinov2,
+        "hf_dinov2_reg": lambda tmp: tiny_hf_hier("dinov2_reg", tmp),
     }

@@ -53,6 +53,19 @@ def method_applies(method: str, family: str) -> bool:
     return not (meta.get("needs_attention") and not ADAPTERS.meta(family).get("attention"))
 
 
+def refusal(method: str, adapter: Adapter) -> str | None:
+    """Why ``method`` does not apply to the loaded ``adapter`` (None when it applies).
+
+    Attention methods need ``adapter.attention_maps`` (False for Swin's windowed attention and for
+    CNNs); the text is the adapter's ``attention_refusal``.
+    """
+    meta = METHODS.meta(method)
+    if meta.get("needs_attention") and not getattr(adapter, "attention_maps", True):
+        why = getattr(adapter, "attention_refusal", "") or "the model has no attention maps"
+        return f"method {method!r} does not apply to {adapter.spec}: {why}"
+    return None
+
+
 def method_metadata() -> list[dict[str, Any]]:
     """One dict per registered method: ``name`` and its metadata (``target_free``,
     ``needs_attention``, ``gradient``, ``families`` (None: every family), ``description``; the
@@ -101,10 +114,14 @@ def explain(
         per image in ``Explanation.problems`` (``valid`` is False there); it is never drawn.
 
     Raises:
-        UsageError: unknown method name (the message lists the known ones) or unsupported input size.
+        UsageError: unknown method name (the message lists the known ones), unsupported input size, or
+            an attention method on a model without attention maps (:func:`refusal` says why).
         ExplainError: the method cannot run with this model/target/parameters.
     """
     fn = METHODS.get(method)
+    refused = refusal(method, adapter)
+    if refused:
+        raise UsageError(refused)
     uses_target = not METHODS.meta(method)["target_free"]
     if images.dim() != 4 or images.shape[1] != 3:
         raise ExplainError(f"images must be (B, 3, H, W) normalised tensors; got shape {tuple(images.shape)}")

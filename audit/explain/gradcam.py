@@ -1,8 +1,9 @@
 """Grad-CAM on ViT tokens, hand-written and through captum's LayerGradCam.
 
 The adapter's ``gradcam_layer()`` outputs tokens ``T`` (B, N, C) (for CLS-pooled ViTs the last
-block's norm1: after it the patch tokens get no gradient from the logits). Prefix tokens are
-dropped with the :class:`TokenLayout`, the patches reshaped to ``(B, C, gh, gw)``, and::
+block's norm1: after it the patch tokens get no gradient from the logits), or a feature map
+(Swin's channels-last stages, ConvNeXt's ``(B, C, H, W)``). ``adapter.gradcam_grid`` turns it into
+``(B, C, gh, gw)`` (for tokens: prefix dropped with the :class:`TokenLayout`), and::
 
     α_c = mean over positions of ∂y/∂T_c,    map = (Σ_c α_c T_c)+
 
@@ -29,11 +30,10 @@ if TYPE_CHECKING:
 
 
 def _tokens_of(out: Any) -> torch.Tensor:
+    """The tensor a Grad-CAM layer outputs (the first element of a tuple output)."""
     t = out[0] if isinstance(out, (tuple, list)) else out
-    if not isinstance(t, torch.Tensor) or t.dim() != 3:
-        raise CaptureError(
-            f"the Grad-CAM layer must output tokens (B, N, C); got {getattr(t, 'shape', type(t))}"
-        )
+    if not isinstance(t, torch.Tensor):
+        raise CaptureError(f"the Grad-CAM layer must output a tensor; got {type(t).__name__}")
     return t
 
 
@@ -70,8 +70,8 @@ def gradcam(
             (g,) = torch.autograd.grad(y.sum(), store["t"])
     finally:
         handle.remove()
-    act = tokens_to_grid(store["t"].detach().float(), layout)  # (B, C, gh, gw)
-    grad = tokens_to_grid(g.float(), layout)  # (B, C, gh, gw)
+    act = adapter.gradcam_grid(store["t"].detach().float(), layout)  # (B, C, gh, gw)
+    grad = adapter.gradcam_grid(g.float(), layout)  # (B, C, gh, gw)
     alpha = grad.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
     return (alpha * act).sum(dim=1).clamp_min(0)  # (B, gh, gw)
 
@@ -84,19 +84,24 @@ class _GridView(nn.Module):
 
 
 @contextmanager
-def grid_view(layer: nn.Module, layout: TokenLayout) -> Iterator[_GridView]:
-    """Route ``layer``'s token output through a :class:`_GridView` (same values, grid-shaped).
+def grid_view(layer: nn.Module, layout: TokenLayout, adapter: Adapter | None = None) -> Iterator[_GridView]:
+    """Route ``layer``'s output through a :class:`_GridView` (same values, grid-shaped).
 
-    Yields the view module; hook captum layer methods on it. The hook is removed on exit.
+    The grid is ``adapter.gradcam_grid`` of the output (default: ``(B, N, C)`` tokens) and goes back
+    with ``adapter.gradcam_from_grid``. Yields the view module; hook captum layer methods on it. The
+    hook is removed on exit.
     """
     view = _GridView()
-    sl = layout.patch_slice
 
     def hook(_m: nn.Module, _i: Any, out: Any) -> Any:
         t = _tokens_of(out)
-        grid = view(tokens_to_grid(t, layout))  # (B, C, gh, gw)
-        patches = grid.flatten(2).transpose(1, 2)  # (B, P, C)
-        new = torch.cat([t[:, : sl.start], patches, t[:, sl.stop :]], dim=1)
+        if adapter is None:
+            grid = view(tokens_to_grid(t, layout))  # (B, C, gh, gw)
+            sl = layout.patch_slice
+            patches = grid.flatten(2).transpose(1, 2)  # (B, P, C)
+            new = torch.cat([t[:, : sl.start], patches, t[:, sl.stop :]], dim=1)
+        else:
+            new = adapter.gradcam_from_grid(view(adapter.gradcam_grid(t, layout)), t, layout)
         return (new, *out[1:]) if isinstance(out, tuple) else new
 
     handle = layer.register_forward_hook(hook)
@@ -127,6 +132,6 @@ def layer_gradcam_method(
     target = prepare_target(adapter, target, images, "layer_gradcam")
     layout = adapter.token_layout(tuple(images.shape[-2:]))
     fwd, tgt = target.class_forward(adapter)
-    with torch.enable_grad(), grid_view(adapter.gradcam_layer(), layout) as view:
+    with torch.enable_grad(), grid_view(adapter.gradcam_layer(), layout, adapter) as view:
         attr = LayerGradCam(fwd, view).attribute(images.detach(), target=tgt, relu_attributions=True)
     return attr[:, 0].detach().float()  # (B, gh, gw)

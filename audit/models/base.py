@@ -178,6 +178,11 @@ class Adapter(ABC):
     examples: ClassVar[tuple[str, ...]] = ()
     #: what to do when ``model.preprocess.input_size`` is a size the model does not accept
     input_size_hint: ClassVar[str] = "leave model.preprocess.input_size out to use the model's own size"
+    #: whether the vision tower has a token-by-token attention matrix over the whole image (rollout,
+    #: GAE, attention); False for windowed attention (Swin) and CNNs (ConvNeXt)
+    attention_maps: ClassVar[bool] = True
+    #: why attention methods do not apply and which methods do (shown when they are asked for)
+    attention_refusal: ClassVar[str] = ""
 
     spec: ModelSpec
     model: nn.Module
@@ -223,6 +228,29 @@ class Adapter(ABC):
     def gradcam_layer(self) -> nn.Module:
         """Default Grad-CAM layer; its output is ``(B, N, C)`` tokens (last block's norm1 for
         CLS-pooled ViTs, whose last-block patch tokens get no gradient from the logits)."""
+
+    def gradcam_grid(self, out: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        """The Grad-CAM layer's output as a ``(B, C, gh, gw)`` grid; default: ``(B, N, C)`` tokens,
+        prefix tokens dropped with ``layout``. Families with other layer outputs override it."""
+        from audit.errors import CaptureError
+
+        if out.dim() != 3 or out.shape[1] != layout.n_tokens:
+            raise CaptureError(
+                f"Grad-CAM layer gave {tuple(out.shape)}; the layout expects (B, {layout.n_tokens}, C) tokens "
+                f"({layout.n_prefix} prefix + {layout.grid[0]}x{layout.grid[1]} patches)"
+            )
+        return layout.to_grid(layout.patch_tokens(out, dim=1))
+
+    def gradcam_from_grid(self, grid: torch.Tensor, out: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        """Inverse of :meth:`gradcam_grid`: ``grid`` (B, C, gh, gw) back in the layer's output form
+        (``out`` supplies the prefix tokens)."""
+        sl = layout.patch_slice
+        patches = grid.flatten(2).transpose(1, 2)  # (B, P, C)
+        return torch.cat([out[:, : sl.start], patches, out[:, sl.stop :]], dim=1)
+
+    def gradcam_reshape(self, layout: TokenLayout) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """pytorch-grad-cam's ``reshape_transform`` for :meth:`gradcam_layer` (None: already (B, C, H, W))."""
+        return lambda t: self.gradcam_grid(t, layout)
 
     @abstractmethod
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:

@@ -147,8 +147,14 @@ class HFAdapter(Adapter):
             raise ModelLoadError(no_network_message(f"hf:{src}", e, "hf:LOCAL_DIR")
                                  + "; or save the model with save_pretrained() and use hf:DIRECTORY") from e
         mtype = getattr(config, "model_type", "?")
+        from audit.models.hf_hier import HIER_TYPES, load_hier  # Swin, ConvNeXt, DINOv2
+
+        if mtype in HIER_TYPES:
+            return load_hier(spec, config, where=where, is_local=is_local, user_pp=user_pp, pp_layers=pp_layers,
+                             class_names=class_names, device=device)  # type: ignore[return-value]
         if mtype not in _SUPPORTED:
-            raise ModelLoadError(f"hf:{src}: model type {mtype!r} is not supported (supported: ViT, CLIP)")
+            raise ModelLoadError(f"hf:{src}: model type {mtype!r} is not supported (supported: ViT, CLIP, "
+                                 f"{', '.join(HIER_TYPES)})")
         model_cls = tf.ViTForImageClassification if mtype == "vit" else tf.CLIPModel
         ckpt_pp: dict[str, Any] | None = None
         if spec.checkpoint:

@@ -137,7 +137,11 @@ class TimmViTAdapter(Adapter):
             except Exception as e:  # hub / network errors have many types
                 raise ModelLoadError(no_network_message(f"timm:{name}", e, f"timm:{name}")) from e
         model.eval().to(device)
-        _check_supported(model, name)
+        from audit.models.timm_hier import hier_adapter_class  # Swin / ConvNeXt: not ViTs
+
+        adapter_cls = hier_adapter_class(model) or cls
+        if adapter_cls is cls:
+            _check_supported(model, name)
         n_classes = int(getattr(model, "num_classes", 0) or 0)
         if class_names is None:
             class_names = _pretrained_labels(model, n_classes) if from_hub else None
@@ -154,7 +158,7 @@ class TimmViTAdapter(Adapter):
         if spec.checkpoint is not None:
             pp = with_guess_warning(pp, checkpoint=spec.checkpoint, basis=f"timm's default for {name}",
                                     recorded=ckpt_pp is not None)
-        return cls(spec, model, list(class_names) if class_names else None, pp)
+        return adapter_cls(spec, model, list(class_names) if class_names else None, pp)
 
     # -- layout ---------------------------------------------------------------------
     def token_layout(self, input_size: tuple[int, int] | None = None) -> TokenLayout:
@@ -313,7 +317,7 @@ def _head_keys(model: nn.Module) -> tuple[str, ...]:
 
 
 def _ckpt_num_classes(sd: dict[str, torch.Tensor], head_keys: tuple[str, ...]) -> int | None:
-    w = sd.get("head.weight")
+    w = sd.get("head.weight", sd.get("head.fc.weight"))  # ViT: head; Swin / ConvNeXt: head.fc
     return int(w.shape[0]) if w is not None and w.dim() == 2 else None
 
 
@@ -350,7 +354,7 @@ def _default_values(model: nn.Module) -> dict[str, Any]:
 
     cfg = resolve_model_data_config(model)
     _, h, w = cfg["input_size"]
-    built = tuple(int(s) for s in model.patch_embed.img_size)
+    built = tuple(int(s) for s in getattr(getattr(model, "patch_embed", None), "img_size", (h, w)))  # no patch_embed: CNNs
     if (h, w) != built:  # options such as img_size=32 override the pretrained config's size
         h, w = built
     interp = cfg.get("interpolation", "bicubic")

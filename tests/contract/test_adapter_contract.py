@@ -2,7 +2,8 @@
 
 Parametrised over every tiny adapter of tests/helpers_models.py (timm ViT, dynamic-size
 timm ViT, distilled DeiT, register ViT, mean-pooled ViT, open_clip CLIP, HF ViT, HF CLIP,
-ZeroShotHead over open_clip).
+ZeroShotHead over open_clip, timm Swin / ConvNeXt, HF Swin / ConvNeXt / DINOv2 (with registers)).
+Adapters without attention maps (NO_ATTENTION) must refuse capture with a UsageError that says why.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 
 from audit.capture import assert_no_hooks, capture
 from audit.errors import CaptureError, UsageError
+from audit.explain import explain
 from audit.explain.attention import attention_rollout
 from audit.registry import METHODS
 from tests.helpers_models import all_adapter_factories
@@ -29,10 +31,22 @@ EXPECTED_PREFIX = {
     "hf_vit": (("cls",), 0),
     "hf_clip": (("cls",), 0),
     "zeroshot_open_clip": (("cls",), 0),
+    "timm_swin": ((), None),
+    "timm_convnext": ((), None),
+    "hf_swin": ((), None),
+    "hf_convnext": ((), None),
+    "hf_dinov2": (("cls",), 0),
+    "hf_dinov2_reg": (("cls", "reg", "reg"), 0),
 }
 # adapters that accept a 32x48 input (dynamic size / interpolated position embeddings)
 NON_SQUARE = {"timm_vit_dynamic", "hf_vit", "hf_clip"}
+# any multiple of a CNN's total stride / of DINOv2's patch size (interpolated position embeddings)
+NON_SQUARE |= {"timm_convnext", "hf_convnext", "hf_dinov2", "hf_dinov2_reg"}
 N_BLOCKS = 2
+# adapters without a token-by-token attention matrix over the image (windowed attention, CNNs) and the
+# words their refusal must contain
+NO_ATTENTION = {"timm_swin": "windows", "timm_convnext": "convolutional", "hf_swin": "windows",
+                "hf_convnext": "convolutional"}
 
 
 @pytest.fixture(scope="module", params=sorted(FACTORIES))
@@ -43,6 +57,19 @@ def named_adapter(request, tmp_path_factory):
 
 def _forward(adapter, x: torch.Tensor) -> torch.Tensor:
     return adapter.logits(x) if adapter.kind == "classifier" else adapter.encode_image(x)
+
+
+def _refuses_attention(name: str, a) -> bool:
+    """For NO_ATTENTION adapters: capture is refused with UsageError saying why and what applies."""
+    if name not in NO_ATTENTION:
+        assert a.attention_maps
+        return False
+    assert not a.attention_maps
+    with pytest.raises(UsageError, match=NO_ATTENTION[name]) as err, torch.no_grad(), capture(a):
+        _forward(a, _x(a))
+    assert "use gradcam" in str(err.value)
+    assert_no_hooks(a.model)
+    return True
 
 
 def _x(adapter, size: tuple[int, int] | None = None, b: int = 2) -> torch.Tensor:
@@ -79,7 +106,9 @@ def test_layout_agrees_with_captured_token_count(named_adapter) -> None:
     name, a = named_adapter
     lay = a.token_layout()
     assert (lay.prefix_kinds, lay.pooled) == EXPECTED_PREFIX[name]
-    assert lay.grid == (4, 4)  # 32x32 input, 8x8 patches
+    assert lay.grid == (4, 4)  # 32x32 input, 8x8 patches (hierarchical models: total stride 8)
+    if _refuses_attention(name, a):
+        return
     with torch.no_grad(), capture(a) as cap:
         _forward(a, _x(a))
     assert {att.shape[-1] for att in cap.attentions} == {lay.n_tokens}
@@ -96,6 +125,10 @@ def test_non_square_input(named_adapter) -> None:
     assert a.supports_input_size(size)
     lay = a.token_layout(size)
     assert lay.grid == (4, 6)
+    if name in NO_ATTENTION:
+        with torch.no_grad():
+            assert _forward(a, _x(a, size)).shape[0] == 2
+        return
     with torch.no_grad(), capture(a) as cap:
         out = _forward(a, _x(a, size))
     assert out.shape[0] == 2
@@ -105,7 +138,9 @@ def test_non_square_input(named_adapter) -> None:
 
 
 def test_capture_one_stochastic_map_per_block(named_adapter) -> None:
-    _, a = named_adapter
+    name, a = named_adapter
+    if _refuses_attention(name, a):
+        return
     towers = ["vision", "text"] if a.kind == "clip" else ["vision"]
     for tower in towers:
         with torch.no_grad(), capture(a, tower=tower) as cap:
@@ -126,7 +161,9 @@ def test_capture_one_stochastic_map_per_block(named_adapter) -> None:
 
 
 def test_outputs_unchanged_by_capture(named_adapter) -> None:
-    _, a = named_adapter
+    name, a = named_adapter
+    if _refuses_attention(name, a):
+        return
     x = _x(a)
     with torch.no_grad():
         ref = _forward(a, x)
@@ -145,7 +182,9 @@ def test_outputs_unchanged_by_capture(named_adapter) -> None:
 
 
 def test_no_patch_left_after_exception(named_adapter) -> None:
-    _, a = named_adapter
+    name, a = named_adapter
+    if _refuses_attention(name, a):
+        return
     flags = {id(m): m.fused_attn for m in a.model.modules() if hasattr(m, "fused_attn")}
     with pytest.raises(RuntimeError, match="boom"), torch.no_grad(), capture(a, grads=False):
         _forward(a, _x(a))
@@ -158,7 +197,9 @@ def test_no_patch_left_after_exception(named_adapter) -> None:
 
 
 def test_missing_block_raises(named_adapter, monkeypatch) -> None:
-    _, a = named_adapter
+    name, a = named_adapter
+    if _refuses_attention(name, a):
+        return
     full = a.attention_patches
 
     monkeypatch.setattr(a, "attention_patches", lambda tower="vision": full(tower)[:-1])
@@ -171,7 +212,9 @@ def test_missing_block_raises(named_adapter, monkeypatch) -> None:
 
 
 def test_grads_present_after_backward(named_adapter) -> None:
-    _, a = named_adapter
+    name, a = named_adapter
+    if _refuses_attention(name, a):
+        return
     x = _x(a)
     with capture(a, grads=True) as cap:
         out = _forward(a, x)
@@ -192,8 +235,14 @@ def test_grads_present_after_backward(named_adapter) -> None:
 
 
 def test_registered_attention_methods(named_adapter) -> None:
-    _, a = named_adapter
+    name, a = named_adapter
     x = _x(a)
+    if name in NO_ATTENTION:
+        for method in ("rollout", "attention", "gae"):
+            with pytest.raises(UsageError, match=NO_ATTENTION[name]):
+                explain(a, x, method=method)
+        assert_no_hooks(a.model)
+        return
     lay = a.token_layout()
     for method in ("rollout", "attention"):
         fn = METHODS.get(method)

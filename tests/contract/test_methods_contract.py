@@ -2,7 +2,8 @@
 
 For each (method, adapter): maps are (B, gh, gw) on the patch grid, finite, not all zero,
 identical under the same seed; the model is left with no hooks, unchanged weights and no
-parameter gradients.
+parameter gradients. Attention methods on adapters without attention maps (Swin, ConvNeXt) are
+refused with a UsageError saying why and which methods apply.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from audit.capture import assert_no_hooks
+from audit.errors import UsageError
 from audit.explain import PromptTarget, explain
 from audit.registry import METHODS
 from tests.helpers_models import all_adapter_factories
@@ -66,6 +68,12 @@ def test_method_contract(adapters, adapter_name: str, method: str) -> None:
     target = PromptTarget("a photo of a cat") if a.kind == "clip" else None
     fp = a.fingerprint
     weights = {k: v.clone() for k, v in a.model.state_dict().items()}
+    if METHODS.meta(method)["needs_attention"] and not a.attention_maps:
+        # windowed attention (Swin) / CNNs: refused with why and which methods apply (exit 2)
+        with pytest.raises(UsageError, match=r"does not apply .*: .*(windows|convolutional).*use gradcam"):
+            explain(a, x, method=method, target=target, seed=3)
+        assert_no_hooks(a.model)
+        return
     e1 = explain(a, x, method=method, target=target, seed=3, **FAST.get(method, {}))
     e2 = explain(a, x, method=method, target=target, seed=3, **FAST.get(method, {}))
     gh, gw = a.token_layout(size).grid

@@ -1,0 +1,289 @@
+"""Hugging Face transformers Swin, ConvNeXt and DINOv2 (with or without registers).
+
+Not a family of its own: ``hf:DIR`` specs are read by :class:`audit.models.hf.HFAdapter.load`,
+which hands a config whose ``model_type`` is in :data:`HIER_TYPES` to :func:`load_hier`. The model
+class follows the directory's ``config.architectures``: ``*ForImageClassification`` through
+``AutoModelForImageClassification`` (a classifier), anything else through ``AutoModel`` (a feature
+model: ``encode_image`` works, ``logits`` asks for a probe head).
+
+What is particular to each lives here:
+
+* Swin: windowed attention, so no attention methods (:attr:`attention_refusal`); mean-pooled, no
+  prefix tokens; the Grad-CAM layer is the final ``layernorm``, whose output is a ``(B, L, C)``
+  sequence of the last stage's ``gh x gw`` positions (row-major), reshaped by :meth:`gradcam_grid`;
+* ConvNeXt: a CNN (no attention); the Grad-CAM layer is the last stage, ``(B, C, H, W)``;
+* DINOv2: a plain ViT: CLS (+ register tokens for ``dinov2_with_registers``), run with eager
+  attention so every attention method applies. The classifier reads ``[CLS, mean of patches]``.
+
+Preprocessing, per key: the user's value > the checkpoint's record > ``preprocessor_config.json``
+> ImageNet mean/std and bicubic at the config's ``image_size`` (a guess, with a warning).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from audit.errors import CaptureError, ModelLoadError, UsageError
+from audit.models.base import (
+    Adapter,
+    AttentionPatch,
+    ModelSpec,
+    Preprocess,
+    TokenLayout,
+    Tower,
+    resolve_preprocess,
+    with_guess_warning,
+)
+from audit.models.checkpoints import check_state_dict, load_checkpoint
+from audit.models.hf import _config_values, _import_transformers, hf_attention_patch, no_network_message
+
+HIER_TYPES = ("swin", "convnext", "dinov2", "dinov2_with_registers")
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_NON_ATTENTION = ("gradcam, layer_gradcam, ig, gradient_shap, saliency, input_x_gradient, smoothgrad, occlusion, "
+                  "feature_ablation")
+
+
+def load_hier(spec: ModelSpec, config: Any, *, where: str, is_local: bool, user_pp: dict[str, Any],
+              pp_layers: list[tuple[str, dict]], class_names: list[str] | None,
+              device: str | torch.device) -> Adapter:
+    """Load a Swin / ConvNeXt / DINOv2 directory strictly (see the module docstring)."""
+    tf = _import_transformers()
+    src, mtype = spec.name, config.model_type
+    archs = list(getattr(config, "architectures", None) or [])
+    classifier = bool(archs) and archs[0].endswith("ForImageClassification")
+    auto = tf.AutoModelForImageClassification if classifier else tf.AutoModel
+    config._attn_implementation = "eager"  # DINOv2: probabilities for capture (Swin: ignored)
+    ckpt_pp: dict[str, Any] | None = None
+    if spec.checkpoint:
+        sd, ckpt_pp = load_checkpoint(spec.checkpoint)
+        model = auto.from_config(config)
+        n_ckpt = sd["classifier.weight"].shape[0] if "classifier.weight" in sd else None
+        check_state_dict(model, sd, source=spec.checkpoint, spec=f"hf:{src}",
+                         head_keys=("classifier.weight", "classifier.bias"),
+                         head_hint=f"The checkpoint's head has {n_ckpt} classes: its config.json must say "
+                         f"num_labels={n_ckpt} (id2label with {n_ckpt} names).")
+        model.load_state_dict(sd, strict=True)
+    else:
+        try:
+            model = auto.from_pretrained(where, attn_implementation="eager", local_files_only=is_local)
+        except OSError as e:
+            if is_local:
+                raise ModelLoadError(f"hf:{src}: cannot load the weights in {where}: {e}") from e
+            raise ModelLoadError(no_network_message(f"hf:{src}", e, "hf:LOCAL_DIR")) from e
+    model.eval().to(device)
+    n_classes = int(getattr(config, "num_labels", 0)) if classifier else 0
+    if classifier:
+        if class_names is None:
+            id2label = getattr(config, "id2label", None) or {}
+            class_names = [str(id2label.get(i, id2label.get(str(i), f"class_{i}"))) for i in range(n_classes)]
+        elif len(class_names) != n_classes:
+            raise ModelLoadError(f"hf:{src}: {len(class_names)} class_names given, the model has {n_classes} classes "
+                                 "(num_labels in its config.json)")
+    else:
+        class_names = None
+    values, from_processor = _config_values(where, is_local, config, "vit")
+    if not from_processor:
+        values = {**values, "mean": _IMAGENET_MEAN, "std": _IMAGENET_STD, "interpolation": "bicubic"}
+    pp = resolve_preprocess([("user", user_pp), *pp_layers, ("checkpoint", ckpt_pp or {}), ("hf_config", values)])
+    if not from_processor:
+        pp = with_guess_warning(pp, checkpoint=spec.checkpoint, label=f"hf:{src}", recorded=ckpt_pp is not None,
+                                basis=f"ImageNet mean/std, bicubic, config image_size (no preprocessor_config.json "
+                                      f"in {where})")
+    adapter_cls = {"swin": HFSwinAdapter, "convnext": HFConvNeXtAdapter}.get(mtype, HFDinov2Adapter)
+    return adapter_cls(spec, model, mtype, pp, class_names, classifier)
+
+
+class HFHierAdapter(Adapter):
+    """Shared code of the transformers Swin / ConvNeXt / DINOv2 adapters."""
+
+    family: ClassVar[str] = "hf"
+
+    def __init__(self, spec: ModelSpec, model: nn.Module, model_type: str, preprocess: Preprocess,
+                 class_names: list[str] | None, has_head: bool) -> None:
+        self.spec = spec
+        self.model = model
+        self.model_type = model_type
+        self.kind = "classifier"
+        self.preprocess = preprocess
+        self.class_names = class_names
+        self.has_head = has_head
+
+    @classmethod
+    def load(cls, spec: ModelSpec, *, device: str | torch.device = "cpu") -> Adapter:
+        from audit.models.hf import HFAdapter
+
+        return HFAdapter.load(spec, device=device)
+
+    @property
+    def base(self) -> nn.Module:
+        """The backbone (``model.swin`` / ``model.convnext`` / ``model.dinov2``; the model itself for AutoModel)."""
+        return self.model.base_model
+
+    def _size(self) -> tuple[int, int]:
+        img = self.model.config.image_size
+        return (img, img) if isinstance(img, int) else tuple(img)  # type: ignore[return-value]
+
+    def _need_head(self) -> None:
+        if not self.has_head:
+            raise UsageError(
+                f"{self.spec} is a feature model ({type(self.model).__name__}, no classification head): "
+                "encode_image works; for logits give a probe head (model.probe) or save the model with "
+                "AutoModelForImageClassification"
+            )
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        self._need_head()
+        return self.model(pixel_values=x).logits  # (B, C)
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(pixel_values=x).pooler_output  # (B, C), what the classifier reads
+
+    def embed_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._need_head()
+        emb = self.encode_image(x)
+        return emb, self.model.classifier(emb)
+
+
+class _NoAttention:
+    """Mixin: a vision tower without a token-by-token attention matrix over the image."""
+
+    attention_maps: ClassVar[bool] = False
+    attention_refusal: ClassVar[str]
+    spec: ModelSpec
+
+    def attention_patches(self, tower: Tower = "vision") -> list[AttentionPatch]:
+        raise UsageError(f"{self.spec}: {self.attention_refusal}")
+
+
+class HFSwinAdapter(_NoAttention, HFHierAdapter):
+    """transformers SwinModel / SwinForImageClassification."""
+
+    attention_refusal: ClassVar[str] = (
+        "Swin computes attention inside shifted local windows: there is no token-to-token matrix over the whole "
+        f"image for rollout/GAE/attention to multiply; use {_NON_ATTENTION}"
+    )
+    input_size_hint: ClassVar[str] = "leave model.preprocess.input_size out to use the config's image_size"
+
+    def _reduction(self) -> int:
+        cfg = self.model.config
+        return int(cfg.patch_size) * 2 ** (len(cfg.depths) - 1)
+
+    def supports_input_size(self, size: tuple[int, int]) -> bool:
+        return tuple(int(s) for s in size) == tuple(self._size())
+
+    def token_layout(self, input_size: tuple[int, int] | None = None) -> TokenLayout:
+        size = tuple(input_size) if input_size is not None else self.preprocess.size
+        if not self.supports_input_size(size):  # type: ignore[arg-type]
+            raise UsageError(f"{self.spec} does not accept input size {size}: {self.input_size_hint}")
+        r = self._reduction()
+        return TokenLayout(prefix_kinds=(), pooled=None, grid=(size[0] // r, size[1] // r))
+
+    def vision_blocks(self) -> list[nn.Module]:
+        return [b for stage in self.base.encoder.layers for b in stage.blocks]
+
+    def gradcam_layer(self) -> nn.Module:
+        """The final layernorm: ``(B, L, C)``, the last stage's positions row-major."""
+        return self.base.layernorm
+
+    def gradcam_grid(self, out: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        gh, gw = layout.grid
+        if out.dim() != 3 or out.shape[1] != gh * gw:
+            raise CaptureError(f"{self.spec}: the Grad-CAM layer gave {tuple(out.shape)}; expected (B, {gh * gw}, C)")
+        return out.reshape(out.shape[0], gh, gw, out.shape[2]).permute(0, 3, 1, 2)
+
+    def gradcam_from_grid(self, grid: torch.Tensor, out: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        return grid.flatten(2).transpose(1, 2)
+
+
+class HFConvNeXtAdapter(_NoAttention, HFHierAdapter):
+    """transformers ConvNextModel / ConvNextForImageClassification."""
+
+    attention_refusal: ClassVar[str] = (
+        f"ConvNeXt is a convolutional network: it has no attention for rollout/GAE/attention to read; use {_NON_ATTENTION}"
+    )
+    input_size_hint: ClassVar[str] = "ConvNeXt accepts any multiple of its total stride"
+
+    def _reduction(self) -> int:
+        cfg = self.model.config
+        return int(cfg.patch_size) * 2 ** (int(cfg.num_stages) - 1)
+
+    def supports_input_size(self, size: tuple[int, int]) -> bool:
+        r = self._reduction()
+        return size[0] >= r and size[1] >= r and size[0] % r == 0 and size[1] % r == 0
+
+    def token_layout(self, input_size: tuple[int, int] | None = None) -> TokenLayout:
+        size = tuple(input_size) if input_size is not None else self.preprocess.size
+        if not self.supports_input_size(size):  # type: ignore[arg-type]
+            raise UsageError(f"{self.spec} does not accept input size {size}: {self.input_size_hint} "
+                             f"({self._reduction()})")
+        r = self._reduction()
+        return TokenLayout(prefix_kinds=(), pooled=None, grid=(size[0] // r, size[1] // r))
+
+    def vision_blocks(self) -> list[nn.Module]:
+        return [b for stage in self.base.encoder.stages for b in stage.layers]
+
+    def gradcam_layer(self) -> nn.Module:
+        """The last stage: ``(B, C, H, W)``."""
+        return self.base.encoder.stages[-1]
+
+    def gradcam_grid(self, out: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        if out.dim() != 4 or tuple(out.shape[2:]) != tuple(layout.grid):
+            raise CaptureError(f"{self.spec}: the Grad-CAM layer gave {tuple(out.shape)}; expected (B, C, "
+                               f"{layout.grid[0]}, {layout.grid[1]})")
+        return out
+
+    def gradcam_from_grid(self, grid: torch.Tensor, out: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        return grid
+
+    def gradcam_reshape(self, layout: TokenLayout):
+        return None
+
+
+class HFDinov2Adapter(HFHierAdapter):
+    """transformers Dinov2 / Dinov2WithRegisters (Model or ForImageClassification), eager attention."""
+
+    input_size_hint: ClassVar[str] = "DINOv2 accepts any multiple of the patch size (position embeddings are interpolated)"
+
+    def _patch(self) -> tuple[int, int]:
+        p = self.model.config.patch_size
+        return (p, p) if isinstance(p, int) else tuple(p)  # type: ignore[return-value]
+
+    def supports_input_size(self, size: tuple[int, int]) -> bool:
+        ph, pw = self._patch()
+        return size[0] >= ph and size[1] >= pw and size[0] % ph == 0 and size[1] % pw == 0
+
+    def token_layout(self, input_size: tuple[int, int] | None = None) -> TokenLayout:
+        size = tuple(input_size) if input_size is not None else self.preprocess.size
+        if not self.supports_input_size(size):  # type: ignore[arg-type]
+            raise UsageError(f"{self.spec}: input size {size} is not a multiple of the patch size {self._patch()}")
+        ph, pw = self._patch()
+        n_reg = int(getattr(self.model.config, "num_register_tokens", 0) or 0)
+        return TokenLayout(prefix_kinds=("cls", *(["reg"] * n_reg)), pooled=0, grid=(size[0] // ph, size[1] // pw))
+
+    def vision_blocks(self) -> list[nn.Module]:
+        return list(self.base.encoder.layer)
+
+    def attention_patches(self, tower: Tower = "vision") -> list[AttentionPatch]:
+        if tower != "vision":
+            raise UsageError(f"{self.spec} has no {tower} tower")
+        out = []
+        for blk in self.vision_blocks():
+            att = blk.attention  # v5: Dinov2Attention returns (out, probs); v4: .attention (self-attention)
+            out.append(hf_attention_patch(att.attention if hasattr(att, "attention") else att))
+        return out
+
+    def gradcam_layer(self) -> nn.Module:
+        return self.vision_blocks()[-1].norm1
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        """Classifier: ``[CLS, mean of patches]`` (what its head reads); feature model: the pooled CLS."""
+        out = self.base(pixel_values=x)
+        if not self.has_head:
+            return out.pooler_output  # (B, C)
+        seq = out.last_hidden_state
+        lay = self.token_layout(tuple(x.shape[-2:]))
+        return torch.cat([seq[:, 0], lay.patch_tokens(seq, dim=1).mean(dim=1)], dim=1)  # (B, 2C)
