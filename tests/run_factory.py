@@ -387,6 +387,14 @@ def make_run(
         "limitations": ["explanation maps were computed for a subset of "
                         f"{len(chosen)} images (errors and correct cases per background)"],
     })
+    from audit.slices import slices_for_run
+    from audit.slices.stage import write_slice_tables
+
+    opts = {"min_group_size": MIN_GROUP_SIZE, "fdr": 0.05, "n_boot": max(n_boot, 50), "seed": seed}
+    sl, members = slices_for_run(run, **opts)  # as the pipeline's slice stage does (no text tower here)
+    write_slice_tables(run, sl, members, group_columns=group_columns,
+                       meta={"enabled": True, "discover_on": "model", "embedder": None, "named_by": None,
+                             "vocabulary": ["default"], "n_concepts": 0, "concepts_left_out": [], "options": opts})
     from audit.findings import findings_for_run
 
     run.write_table("findings", findings_for_run(run))  # as the pipeline's finish stage does

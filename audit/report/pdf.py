@@ -169,6 +169,29 @@ def _performance_table(st: dict[str, Any], rows: Sequence[Any], width: float) ->
                    for r in rows], width=width, shaded=[r.small for r in rows])
 
 
+def _slices_section(s: AuditSummary, st: dict[str, Any], figures: Mapping[str, bytes], W: float,
+                    H: float) -> list[Any]:
+    """Error slices: the search in one sentence, the candidates' table and each confirmed slice's images."""
+    out: list[Any] = [P("Error slices nobody labelled", st["h2"]), P(s.slices_note, st["body"])]
+    if not s.slices:
+        return out
+    out.append(_table(st, ["slice", "scope", "status", "n held out / rest", "error rate", "rest", "difference",
+                           "95% interval", "BH p_adj", "description"],
+                      [(r.slice_id, r.scope, r.status, f"{fmt(r.n_confirm, 'int')} / {fmt(r.n_rest, 'int')}",
+                        fmt(r.error_rate), fmt(r.rest_error_rate), fmt(r.difference), fmt_ci(r.ci_low, r.ci_high),
+                        fmt(r.p_adj, "p"), r.description) for r in s.slices],
+                      width=W, shaded=[r.small for r in s.slices]))
+    for r in s.slices:
+        key = f"slice_{r.slice_id}"
+        if r.confirmed and key in figures:
+            from reportlab.platypus import KeepTogether
+
+            out.append(KeepTogether([
+                P(f"Slice {r.slice_id}: its most typical members (label → prediction, ✗ = error)", st["note"]),
+                _image(figures[key], W, H * 0.18)]))
+    return out
+
+
 def render_pdf(summary: AuditSummary, path: str | os.PathLike[str], *, figures: Mapping[str, bytes],
                gallery_images: Sequence[bytes], perf_figures: Sequence[str]) -> None:
     """Write report.pdf to ``path`` (A4, tables split across pages with repeated headers)."""
@@ -294,6 +317,8 @@ def render_pdf(summary: AuditSummary, path: str | os.PathLike[str], *, figures: 
                                 [(r.query, r.attribute, fmt(r.k, "int"), r.group, fmt(r.skew, "effect"),
                                   fmt(r.max_skew, "effect"), fmt(r.min_skew, "effect"), fmt(r.ndkl, "effect"))
                                  for r in c.retrieval_skew], width=W))
+
+    story += _slices_section(s, st, figures, W, H)
 
     story.append(PageBreak())
     story.append(P("Explanation gallery", st["h2"]))

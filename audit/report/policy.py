@@ -97,10 +97,10 @@ from audit.report.policy_rules import (
     gap_items,
     group_rows,
     harmful_rows,
-    slice_rows,
     judge,
     num,
     per_class_rows,
+    slice_rows,
     worst_rows,
 )
 from audit.report.policy_schema import (

@@ -319,6 +319,34 @@ class RegionMassRow(_Model):
     small: bool
 
 
+class SliceRow(_Model):
+    """One error slice candidate (table ``slices``): found on the discovery half, tested on the other."""
+
+    slice_id: int
+    scope: str
+    status: str
+    confirmed: bool
+    small: bool
+    n_confirm: int
+    n_rest: int
+    error_rate: Num
+    rest_error_rate: Num
+    difference: Num
+    ci_low: Num
+    ci_high: Num
+    p_value: Num
+    p_adj: Num
+    description: str = ""
+    top_words: str = ""
+    overlap: str = ""
+    typical_row_ids: str = ""
+    note: str = ""
+
+    @property
+    def typical(self) -> list[int]:
+        return [int(x) for x in self.typical_row_ids.split()]
+
+
 class GalleryMap(_Model):
     method: str
     deletion_auc: Num = None
@@ -361,6 +389,9 @@ class AuditSummary(_Model):
     verdicts: list[VerdictRow] = []
     sanity: list[SanityRow] = []
     region_mass: list[RegionMassRow] = []
+    #: error slices nobody labelled (empty when the run searched none: see ``slices_note``)
+    slices: list[SliceRow] = []
+    slices_note: str = ""
     gallery: Gallery = Gallery()
     limitations: list[str] = []
     #: the findings ledger, ranked (the only source of every stated conclusion)

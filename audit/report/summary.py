@@ -49,11 +49,13 @@ from audit.report.schema import (
     RegionMassRow,
     RetrievalSkewRow,
     SanityRow,
+    SliceRow,
     ToolInfo,
     VerdictRow,
     _Model,
 )
 from audit.runs import Run, utc_now
+from audit.slices.stage import search_note
 
 __all__ = [
     "AssociationRow",
@@ -380,6 +382,7 @@ def build_summary(run: Run) -> AuditSummary:
         verdicts=_rows(run, "faithfulness_verdicts", VerdictRow),
         sanity=_rows(run, "sanity", SanityRow), region_mass=_rows(run, "region_mass", RegionMassRow),
         gallery=_gallery(run, perf, disp, prov.group_columns),
+        slices=_rows(run, "slices", SliceRow), slices_note=search_note(run.meta.get("slices")),
     )
     s.limitations = _limitations(run, s)
     ledger = run.findings()

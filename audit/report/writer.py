@@ -94,6 +94,8 @@ def build_figures(summary: AuditSummary, run: Run) -> tuple[dict[str, bytes], li
         rows = [r.model_dump() for r in summary.clip.harmful_rates]
         figs["harmful"] = png(interval_plot(rows, value="rate", title="harmful-label rate by group",
                                                             xlabel="harmful-label rate"))
+    if summary.slices:
+        figs.update(_slice_strips(summary, run, png))
     gallery: list[bytes] = []
     targets = _explained_targets(run)
     for it in summary.gallery.items:
@@ -114,6 +116,31 @@ def build_figures(summary: AuditSummary, run: Run) -> tuple[dict[str, bytes], li
         # (no figure title: every format puts the image's kind, label and prediction right beside it)
         gallery.append(png(fig))
     return figs, perf_names, gallery
+
+
+def _slice_strips(summary: AuditSummary, run: Run, png: Any, *, max_slices: int = 4,
+                  n_images: int = 6) -> dict[str, bytes]:
+    """``slice_<id>``: a strip of the most typical members of each confirmed slice, captioned with
+    label / prediction (the slice is about errors: a reader sees which of them are wrong)."""
+    from audit.viz.figures import image_strip
+
+    pred = run.table("predictions").set_index("row_id") if run.has_table("predictions") else None
+    samples = run.table("samples").set_index("row_id")
+    out: dict[str, bytes] = {}
+    for sl in [r for r in summary.slices if r.confirmed][:max_slices]:
+        imgs, caps = [], []
+        for rid in sl.typical[:n_images]:
+            if rid not in samples.index:
+                continue
+            img = load_image(run, str(samples.loc[rid, "path"]))
+            imgs.append(img if img is not None else np.full((64, 64, 3), 128, dtype=np.uint8))
+            if pred is not None and rid in pred.index:
+                p = pred.loc[rid]
+                mark = "" if bool(p.get("correct")) else " ✗"
+                caps.append(f"{p.get('label')} → {p.get('pred')}{mark}")
+        if imgs:
+            out[f"slice_{sl.slice_id}"] = png(image_strip(imgs, caps))
+    return out
 
 
 def write_single(run: Run, out_dir: Path, formats: Sequence[str], *, model_card: bool = False,

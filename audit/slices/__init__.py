@@ -2,7 +2,7 @@
 
 Pure functions over arrays and DataFrames (no model loading, no Streamlit). The entry point is
 :func:`discover_slices`; :func:`slices_for_run` applies it to a finished run's stored tables.
-The method and the columns are documented in docs/SLICES.md.
+The method and the columns are documented in docs/RUN_FORMAT.md ("Error slices").
 
 Example:
     >>> import numpy as np, pandas as pd

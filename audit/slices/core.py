@@ -77,7 +77,7 @@ __all__ = [
     "split_halves",
 ]
 
-#: columns of the ``slices`` table (documented in docs/SLICES.md)
+#: columns of the ``slices`` table (documented in docs/RUN_FORMAT.md ("Error slices"))
 SLICE_COLUMNS = [
     "slice_id", "scope", "status", "confirmed", "small",
     "n_discover", "discover_error_rate", "discover_rest_error_rate", "discover_p",
@@ -394,7 +394,7 @@ def discover_slices(
 
     Returns:
         ``(slices, members)`` with columns :data:`SLICE_COLUMNS` and :data:`MEMBER_COLUMNS`
-        (docs/SLICES.md); ``slices.attrs["notes"]`` lists what was skipped and why. Slices are
+        (docs/RUN_FORMAT.md ("Error slices")); ``slices.attrs["notes"]`` lists what was skipped and why. Slices are
         ordered confirmed first (by p_adj), then testable ones by p, then small ones;
         ``slice_id`` counts from 1 in that order.
 

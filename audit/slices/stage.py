@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["run_slices", "usable_vocabulary"]
+__all__ = ["run_slices", "search_note", "usable_vocabulary"]
 
 
 def run_slices(ctx: Any) -> None:
@@ -36,16 +36,16 @@ def run_slices(ctx: Any) -> None:
         ctx.notes.append("Error slices were not searched: the run has no labels, so no row is known to be an error.")
         run.meta["slices"] = {"enabled": True, "skipped": "no labels"}
         return
-    from audit.slices import load_vocabulary, slice_group_overlap, slices_for_run
+    from audit.slices import load_vocabulary, slices_for_run
 
     text_adapter, describe, embedder_meta = None, None, None
     if sc.embedder is not None:
         embedder = load_embedder(sc.embedder, device=ctx.device)
-        ctx.log(f"slices: embedding {len(ctx.row_id)} images with {embedder.spec} ({embedder.fingerprint})")
+        ctx.log(f"slices: embedding {len(ctx.row_id)} images with {embedder.fingerprint}")
         describe = image_embeddings(embedder, ctx.samples, ctx.row_id, batch_size=ctx.config.run.batch_size,
                                     device=ctx.device)
         text_adapter = embedder
-        embedder_meta = {"spec": str(embedder.spec), "fingerprint": embedder.fingerprint,
+        embedder_meta = {"spec": _spec(embedder), "checkpoint": embedder.spec.checkpoint, "fingerprint": embedder.fingerprint,
                          "preprocess": embedder.preprocess.to_dict()}
     elif ctx.adapter.kind == "clip":
         text_adapter = ctx.adapter
@@ -55,7 +55,7 @@ def run_slices(ctx: Any) -> None:
         if dropped:
             ctx.notes.append(
                 f"Slice naming: {len(dropped)} of {len(vocab) + len(dropped)} vocabulary concepts were left out because "
-                f"{text_adapter.spec}'s tokenizer cannot read them (words it does not know, or the same tokens as "
+                f"{_spec(text_adapter)}'s tokenizer cannot read them (words it does not know, or the same tokens as "
                 f"another concept), e.g. {', '.join(repr(d) for d in dropped[:5])}."
             )
     options: dict[str, Any] = {
@@ -79,25 +79,37 @@ def run_slices(ctx: Any) -> None:
                                           text_embed=text_embed, vocabulary=vocab, **options)
     else:
         slices, members = slices_for_run(run, text_embed=text_embed, vocabulary=vocab, **kw, **options)
+    notes = write_slice_tables(run, slices, members, group_columns=ctx.group_columns, meta={
+        "enabled": True, "discover_on": sc.discover_on, "embedder": embedder_meta,
+        "named_by": _spec(text_adapter) if text_adapter is not None else None,
+        "vocabulary": list(sc.vocabulary), "n_concepts": len(vocab) if vocab is not None else 0,
+        "concepts_left_out": dropped, "options": options})
+    ctx.notes.extend(f"Error slices: {n}" for n in notes)
+    ctx.log(f"slices: {len(slices)} candidate(s), {run.meta['slices']['n_confirmed']} confirmed on the held-out half")
+
+
+def write_slice_tables(run: Any, slices: Any, members: Any, *, group_columns: list[str],
+                       meta: dict[str, Any]) -> list[str]:
+    """Write ``slices``, ``slice_members`` and (with group columns) ``slice_groups``, and run.json
+    ``slices`` (``meta`` plus the counts and notes); returns the notes of the search."""
+    from audit.slices import slice_group_overlap
+
     notes = list(slices.attrs.get("notes", []))
     slices.attrs = {}
     run.write_table("slices", slices)
     run.write_table("slice_members", members)
-    if ctx.group_columns and len(slices):
-        overlap = slice_group_overlap(slices, members, run.table("predictions"), group_cols=ctx.group_columns)
+    if group_columns and len(slices):
+        overlap = slice_group_overlap(slices, members, run.table("predictions"), group_cols=group_columns)
         overlap.attrs = {}
         run.write_table("slice_groups", overlap)
-    ctx.notes.extend(f"Error slices: {n}" for n in notes)
     confirmed = int(slices["confirmed"].sum()) if len(slices) else 0
-    run.meta["slices"] = {
-        "enabled": True, "discover_on": sc.discover_on, "embedder": embedder_meta,
-        "named_by": str(text_adapter.spec) if text_adapter is not None else None,
-        "vocabulary": list(sc.vocabulary), "n_concepts": len(vocab) if vocab is not None else 0,
-        "concepts_left_out": dropped, "options": options, "n_candidates": len(slices),
-        "n_confirmed": confirmed, "notes": notes,
-    }
+    run.meta["slices"] = {**meta, "n_candidates": len(slices), "n_confirmed": confirmed, "notes": notes}
     run.save_meta()
-    ctx.log(f"slices: {len(slices)} candidate(s), {confirmed} confirmed on the held-out half")
+    return notes
+
+
+def _spec(adapter: Any) -> str:
+    return f"{adapter.spec.family}:{adapter.spec.name}"
 
 
 def usable_vocabulary(adapter: Any, vocab: Any) -> tuple[Any, list[str]]:
@@ -127,7 +139,7 @@ def usable_vocabulary(adapter: Any, vocab: Any) -> tuple[Any, list[str]]:
         seen.add(key)
         keep.append(i)
     if not keep:
-        raise UsageError(f"slices.vocabulary: {adapter.spec}'s tokenizer cannot read any of the {len(texts)} "
+        raise UsageError(f"slices.vocabulary: {_spec(adapter)}'s tokenizer cannot read any of the {len(texts)} "
                          "concepts; give a vocabulary in words it knows (slices.vocabulary: [my_words.yaml])")
     dropped = [vocab.concepts[i] for i in range(len(texts)) if i not in set(keep)]
     kept = Vocabulary(tuple(vocab.concepts[i] for i in keep), tuple(vocab.categories[i] for i in keep),
@@ -184,3 +196,22 @@ def image_embeddings(adapter: Any, samples: Any, row_id: np.ndarray, *, batch_si
     if not np.array_equal(got, np.asarray(row_id)):
         raise RunError("slices.embedder: the embedder's rows do not match the run's rows")
     return np.concatenate(parts).astype(np.float32)
+
+
+def search_note(meta: dict[str, Any] | None) -> str:
+    """How a run searched for error slices, or why it did not, from run.json ``slices`` (one sentence
+    for the reports and the dashboard)."""
+    if not meta:
+        return "This run did not search for error slices (it was written before the slice stage existed)."
+    if not meta.get("enabled", True):
+        return "Error slices were not searched (slices.enabled: false)."
+    if meta.get("skipped"):
+        return f"Error slices were not searched: {meta['skipped']}."
+    o = meta.get("options") or {}
+    named = (f" Slices are named with {meta['named_by']}'s text tower." if meta.get("named_by")
+             else " No text tower names them (a classifier run without slices.embedder).")
+    return (f"Searched in the {'embedder' if meta.get('discover_on') == 'embedder' else 'model'}'s image embeddings "
+            f"on a seeded half of the labelled rows (seed {o.get('seed')}) and tested once on the other half: "
+            f"{meta.get('n_candidates', 0)} candidate(s), {meta.get('n_confirmed', 0)} confirmed at "
+            f"Benjamini-Hochberg FDR {o.get('fdr')} (slices smaller than {o.get('min_group_size')} held-out rows are "
+            f"not tested). Group labels were not used to find them.{named}")

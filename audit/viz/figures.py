@@ -363,6 +363,24 @@ def overlay_figure(
     return fig
 
 
+def image_strip(images: Sequence[np.ndarray], captions: Sequence[str] = (), *, title: str = "",
+                panel_inches: float = 1.1) -> Figure:
+    """A row of images (e.g. an error slice's most typical members), each with its caption."""
+    n = max(len(images), 1)
+    fig = Figure(figsize=(panel_inches * n, panel_inches + (0.45 if title else 0.3)))
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for i, ax in enumerate(axes):
+        ax.set_axis_off()
+        if i < len(images):
+            ax.imshow(images[i])
+            if i < len(captions):
+                ax.set_title(captions[i], fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def projection_scatter(
     projection: Any,
     *,

@@ -14,7 +14,7 @@ from dashboards import cache
 from dashboards.labelsets import parse_label_lines, read_uploaded_set
 from dashboards.ui import alpha, current_run, esc, fit_table, min_group_size
 
-NAV_ORDER = 5  # place in the sidebar navigation (dashboards/app.py reads it, with NAV_TITLE)
+NAV_ORDER = 6  # place in the sidebar navigation (dashboards/app.py reads it, with NAV_TITLE)
 NAV_TITLE = "CLIP probe"
 
 DEFAULT_LABELS = "circle\nsquare\ntriangle\ncross\ncriminal | harmful\nthief | harmful\nobject | neutral"

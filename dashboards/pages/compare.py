@@ -10,7 +10,7 @@ from audit.report.compare import finding_pairs
 from dashboards import cache, state
 from dashboards.ui import esc, fit_table, md_table, paired_interval_figure, short_hash
 
-NAV_ORDER = 6  # place in the sidebar navigation (dashboards/app.py reads it, with NAV_TITLE)
+NAV_ORDER = 7  # place in the sidebar navigation (dashboards/app.py reads it, with NAV_TITLE)
 NAV_TITLE = "Compare"
 
 

@@ -12,7 +12,7 @@ from audit.errors import AuditError
 from dashboards import cache
 from dashboards.ui import current_run, esc, fit_table, overlay_png
 
-NAV_ORDER = 4  # place in the sidebar navigation (dashboards/app.py reads it, with NAV_TITLE)
+NAV_ORDER = 5  # place in the sidebar navigation (dashboards/app.py reads it, with NAV_TITLE)
 NAV_TITLE = "Embeddings"
 
 path, run = current_run()

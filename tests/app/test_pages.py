@@ -11,7 +11,7 @@ import pytest
 
 from audit.runs import Run
 
-PAGES = ["pages/overview.py", "pages/explain.py", "pages/groups.py", "pages/embeddings.py",
+PAGES = ["pages/overview.py", "pages/explain.py", "pages/groups.py", "pages/slices.py", "pages/embeddings.py",
          "pages/clip_probe.py", "pages/compare.py"]
 
 

@@ -9,6 +9,8 @@ confirmed slice at the default settings.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,6 +21,7 @@ from audit.zoo.world import DEFAULT_SPEC as W
 
 pytestmark = pytest.mark.slow
 
+POLICY = Path(__file__).resolve().parents[2] / "examples" / "policy.yaml"
 #: the group attribute of the planted cell
 W_ATTR = "background"
 
@@ -118,3 +121,48 @@ def test_slice_is_named_by_a_clip_text_tower(canary_runs) -> None:
     words = [w.split(" (")[0] for w in slices.loc[slices["slice_id"] == best, "top_words"].iloc[0].split("; ")]
     print(f"vit-biased slice named: {words}")
     assert set(words[:2]) == {W.planted_class, W.planted_group}
+
+
+# -- the pipeline's own slice stage (the demo runs) ------------------------------------------------------
+def test_pipeline_stage_finds_names_and_ranks_the_planted_cell(canary_runs) -> None:
+    """The run's own tables (the slice stage of `make demo`, the default vocabulary, the zoo CLIP as
+    slices.embedder): a confirmed slice recovers the cell, is named by its shape and its ground, is a
+    leading ledger finding, and fails the example policy's max_confirmed_slice_gap."""
+    from audit.report.policy import evaluate
+    from audit.report.policy_schema import load_policy
+
+    run = Run.open(canary_runs["vit-biased"])
+    slices, members = run.table("slices"), run.table("slice_members")
+    assert run.meta["slices"]["named_by"] == "zoo:clip-control"
+    pred = run.table("predictions")
+    cell = set(pred.loc[(pred["label"] == W.planted_class) & (pred[W_ATTR] == W.planted_group), "row_id"])
+    assert _best_jaccard(slices, members, cell) >= 0.5
+    best = max(slices.loc[slices["confirmed"], "slice_id"],
+               key=lambda sid: len(cell & set(members.loc[members["slice_id"] == sid, "row_id"])))
+    row = slices[slices["slice_id"] == best].iloc[0]
+    words = [w.split(" (")[0] for w in row["top_words"].split("; ")][:3]
+    assert f"a {W.planted_class}" in words and W.planted_group in words, words
+    groups = run.table("slice_groups")
+    top = groups[(groups.slice_id == best) & (groups.attribute == W_ATTR)].sort_values("lift").iloc[-1]
+    assert top["group"] == W.planted_group and top["share_in_slice"] >= 0.7
+
+    ledger = run.findings()
+    srow = ledger[(ledger["kind"] == "slice") & (ledger["worst_group"] == f"slice {best}")].iloc[0]
+    assert srow["significant"] and srow["rank"] <= 5 and srow["n_worst"] == row["n_confirm"]
+    assert srow["ci_low"] <= srow["gap"] <= srow["ci_high"]
+    verdict = evaluate(run, load_policy(POLICY)).rows
+    sl = verdict[verdict["rule"] == "max_confirmed_slice_gap"]
+    assert (sl["outcome"] == "fail").any()
+
+
+def test_pipeline_stage_controls_are_clean(canary_runs) -> None:
+    from audit.report.policy import evaluate
+    from audit.report.policy_schema import load_policy
+
+    for name in ("vit-control", "clip-biased", "clip-control"):
+        run = Run.open(canary_runs[name])
+        assert run.has_table("slices"), name
+        assert not run.table("slices")["confirmed"].any(), name
+        assert not run.findings().query("kind == 'slice' and significant").shape[0], name
+        verdict = evaluate(run, load_policy(POLICY)).rows
+        assert set(verdict.loc[verdict["rule"] == "max_confirmed_slice_gap", "outcome"]) == {"pass"}, name

@@ -28,6 +28,7 @@ def test_the_wheel_holds_the_dashboard_and_the_data(wheel: Path) -> None:
     assert {f"dashboards/pages/{p}" for p in pages} <= names
     for f in ("dashboards/app.py", "dashboards/launch.py", "dashboards/.streamlit/config.toml",
               "audit/zoo/weights/vit-biased.safetensors", "audit/stats/data/weat_caliskan.yaml",
+              "audit/slices/data/vocabulary.yaml",
               "audit/report/templates/report.html.j2"):
         assert f in names, f
 
