@@ -70,6 +70,45 @@ def tiny_vit_avgpool() -> Adapter:
                       global_pool="avg", **TINY_VIT)
 
 
+#: EVA-02 / BEiT / DINOv2-with-registers at the tiny ViT's size (32x32, 8x8 patches, 2 blocks, 2 heads)
+TINY_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "eva02": ("eva02_tiny_patch14_224", {"dynamic_img_size": True}),  # rope + SwiGLU, mean-pooled (fc_norm)
+    "beit": ("beit_base_patch16_224", {}),  # relative position bias, layer scale, mean-pooled (fc_norm)
+    "dinov2_reg": ("vit_small_patch14_reg4_dinov2", {}),  # CLS + 4 registers, layer scale, CLS-pooled
+}
+
+
+def _randomise_zero_inits(model: torch.nn.Module, seed: int) -> None:
+    """Give the parameters timm initialises to constants (q/v biases, BEiT's relative position bias table,
+    layer scales, norms) random values, so that the tests see each of them act."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.numel() > 1 and bool((p == p.flatten()[0]).all()):
+                if "gamma" in name or ("norm" in name and name.endswith("weight")):
+                    p.copy_(0.5 + torch.rand(p.shape, generator=g))  # layer scale / norm gain in [0.5, 1.5)
+                else:
+                    std = 1.0 if "relative_position_bias_table" in name else 0.1
+                    p.copy_(std * torch.randn(p.shape, generator=g))
+
+
+def tiny_vit_variant(kind: str, tmp_path: Path) -> Adapter:
+    """``kind`` of :data:`TINY_VARIANTS`: built with random weights (constants randomised), saved to
+    ``tmp_path/<kind>.safetensors`` with its preprocessing and reloaded via ``load_model(checkpoint=...)``."""
+    from audit.models.checkpoints import save_state_dict
+
+    name, extra = TINY_VARIANTS[kind]
+    opts = {**TINY_VIT, **extra}
+    path = Path(tmp_path) / f"{kind}.safetensors"
+    if not path.exists():
+        _seeded()
+        built = load_model(f"timm:{name}", class_names=CLASS_NAMES, **opts)
+        _randomise_zero_inits(built.model, seed=1)
+        save_state_dict(built.model, path, preprocess=built.preprocess)
+    opts.pop("pretrained")
+    return load_model(f"timm:{name}", checkpoint=path, class_names=CLASS_NAMES, **opts)
+
+
 #: tiny hierarchical models: 32x32 input, 4x4 final grid (total stride 8), 2 blocks, 3 classes
 TINY_SWIN: dict[str, Any] = {"img_size": 32, "patch_size": 4, "embed_dim": 16, "depths": (1, 1), "num_heads": (1, 2),
                              "window_size": 4, "num_classes": 3}
@@ -262,6 +301,9 @@ def all_adapter_factories() -> dict[str, Callable[[Path], Adapter]]:
         "hf_vit": tiny_hf_vit,
         "hf_clip": tiny_hf_clip,
         "zeroshot_open_clip": lambda tmp: tiny_zeroshot(),
+        "eva02": lambda tmp: tiny_vit_variant("eva02", tmp),
+        "beit": lambda tmp: tiny_vit_variant("beit", tmp),
+        "dinov2_reg": lambda tmp: tiny_vit_variant("dinov2_reg", tmp),
         "timm_swin": tiny_timm_swin,
         "timm_convnext": tiny_timm_convnext,
         "hf_swin": tiny_hf_swin,

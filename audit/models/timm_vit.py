@@ -1,5 +1,12 @@
-"""timm Vision Transformers: ViT, DeiT (incl. distilled), register-token ViTs, CLIP
-vision towers and mean-pooled ViTs.
+"""timm Vision Transformers: ViT, DeiT (incl. distilled), register-token ViTs (DINOv2 with
+registers), CLIP vision towers, mean-pooled ViTs, EVA-02 (rotary position embeddings, SwiGLU)
+and BEiT (relative position bias, mean pooling with ``fc_norm``).
+
+Attention capture: every supported attention class (``_eager_attention()``) computes, in its eager
+branch (``fused_attn=False``), ``softmax(q k^T * scale [+ relative position bias / mask])`` after
+its own rotary embedding of ``q`` and ``k`` (EVA) and passes the probabilities through
+``attn_drop`` before ``attn @ v``; one patch of ``attn_drop`` therefore serves them all. A class
+whose eager branch differs needs its own patch here before it is added to ``_eager_attention()``.
 
 Spec: ``timm:NAME`` (any ``timm.create_model`` name), optional local checkpoint.
 Options (``ModelSpec.options``) are passed to ``timm.create_model`` (e.g. ``img_size``,
@@ -169,19 +176,14 @@ class TimmViTAdapter(Adapter):
                 f"{self.spec} accepts input size {self.preprocess.size} only (got {size}); build it with "
                 "option dynamic_img_size=True for other sizes"
             )
-        kinds: list[str] = []
-        if getattr(m, "has_class_token", False):
-            kinds.append("cls")
-        if getattr(m, "dist_token", None) is not None:
-            kinds.append("dist")
-        kinds += ["reg"] * int(getattr(m, "num_reg_tokens", 0) or 0)
+        kinds = _prefix_kinds(m)
         if len(kinds) != int(m.num_prefix_tokens):
             raise UsageError(
                 f"{self.spec}: cannot tell the prefix tokens apart ({m.num_prefix_tokens} prefix tokens, "
                 f"recognised {kinds})"
             )
-        pool = getattr(m, "global_pool", "token")
-        pooled = 0 if (pool == "token" and kinds and kinds[0] == "cls") else None
+        # pooling "token" reads the CLS token (index 0); "avg" averages the patch tokens (checked at load)
+        pooled = 0 if getattr(m, "global_pool", "token") == "token" else None
         pe = m.patch_embed
         if hasattr(pe, "dynamic_feat_size"):
             grid = tuple(int(g) for g in pe.dynamic_feat_size(size))
@@ -208,23 +210,25 @@ class TimmViTAdapter(Adapter):
     def attention_patches(self, tower: Tower = "vision") -> list[AttentionPatch]:
         """One patch per block: records the post-softmax attention entering ``attn.attn_drop``.
 
-        timm's own eager branch (``fused_attn=False``) computes
-        ``softmax(q k^T * scale + mask)`` and passes it through ``attn_drop`` before
-        ``attn @ v``; the patch replaces that dropout module's forward by one that records
-        its input and then applies the dropout. The rest of the forward is timm's code, so
-        the outputs equal timm's eager path exactly. ``setup`` switches ``fused_attn`` off
-        on the existing module; ``teardown`` restores it.
+        The eager branch (``fused_attn=False``) of every class in ``_eager_attention()``
+        (ViT/DeiT/DINOv2 ``Attention``, ``AttentionRope``, EVA's ``EvaAttention`` with rotary
+        q/k, BEiT's ``Attention`` with relative position bias) computes the softmax (after rope
+        and bias) and passes it through ``attn_drop`` before ``attn @ v``; the patch replaces
+        that dropout module's forward by one that records its input and then applies the
+        dropout. The rest of the forward is timm's code, so the outputs equal timm's eager path
+        exactly. ``setup`` switches ``fused_attn`` off on the existing module; ``teardown``
+        restores it.
         """
         if tower != "vision":
             raise UsageError(f"{self.spec} has no {tower} tower (timm models are image classifiers)")
         patches = []
         for i, blk in enumerate(self.model.blocks):
-            attn = blk.attn
+            attn = getattr(blk, "attn", None)
             drop = getattr(attn, "attn_drop", None)
-            if not hasattr(attn, "fused_attn") or not isinstance(drop, nn.Module):
+            if type(attn) not in _eager_attention() or not hasattr(attn, "fused_attn") or not isinstance(drop, nn.Module):
                 raise UsageError(
                     f"{self.spec}: block {i} uses {type(attn).__name__}, whose attention probabilities "
-                    "cannot be captured (expected timm.layers.Attention with fused_attn and attn_drop)"
+                    f"cannot be captured (supported: {', '.join(sorted(_eager_attention().values()))})"
                 )
             patches.append(AttentionPatch(module=drop, forward=_recording_dropout(drop),
                                           setup=_flag_setter(attn, "fused_attn", False),
@@ -308,12 +312,45 @@ def _flag_restorer(obj: Any, attr: str):
 
 
 def _head_keys(model: nn.Module) -> tuple[str, ...]:
+    """State-dict keys of the classification head(s): ``head`` (ViT, DeiT, EVA, BEiT) and DeiT's
+    ``head_dist``. A feature model's ``nn.Identity`` head still names ``head.weight`` / ``head.bias``,
+    so a checkpoint that has a head is reported as a head mismatch (with the num_classes hint)."""
     keys = []
-    for prefix in ("head", "head_dist", "fc_norm_head"):
+    for prefix in ("head", "head_dist"):
         mod = getattr(model, prefix, None)
         if isinstance(mod, nn.Module):
-            keys += [f"{prefix}.{k}" for k in mod.state_dict()]
+            own = ["weight", "bias"] if prefix == "head" and isinstance(mod, nn.Identity) else list(mod.state_dict())
+            keys += [f"{prefix}.{k}" for k in own]
     return tuple(keys)
+
+
+def _prefix_kinds(model: nn.Module) -> list[str]:
+    """Kinds of the prefix tokens in timm's order: CLS, distillation, registers.
+
+    ViT keeps ``has_class_token`` / ``num_reg_tokens``; EVA and BEiT keep only the parameters
+    ``cls_token`` / ``reg_token`` (``(1, n, C)``)."""
+    kinds: list[str] = []
+    if getattr(model, "has_class_token", getattr(model, "cls_token", None) is not None):
+        kinds.append("cls")
+    if getattr(model, "dist_token", None) is not None:
+        kinds.append("dist")
+    n_reg = getattr(model, "num_reg_tokens", None)
+    if n_reg is None:
+        reg = getattr(model, "reg_token", None)
+        n_reg = int(reg.shape[1]) if isinstance(reg, torch.Tensor) else 0
+    return kinds + ["reg"] * int(n_reg)
+
+
+def _eager_attention() -> dict[type, str]:
+    """Attention classes whose eager branch passes the post-softmax attention through ``attn_drop``
+    (read in timm 1.0's ``layers/attention.py``, ``models/eva.py``, ``models/beit.py``)."""
+    from timm.layers.attention import Attention, AttentionRope
+    from timm.models.beit import Attention as BeitAttention
+    from timm.models.eva import EvaAttention
+
+    return {Attention: "timm.layers.Attention (ViT, DeiT, DINOv2, CLIP)", AttentionRope: "timm.layers.AttentionRope",
+            EvaAttention: "timm.models.eva.EvaAttention (EVA-02)",
+            BeitAttention: "timm.models.beit.Attention (BEiT)"}
 
 
 def _ckpt_num_classes(sd: dict[str, torch.Tensor], head_keys: tuple[str, ...]) -> int | None:
@@ -321,11 +358,44 @@ def _ckpt_num_classes(sd: dict[str, torch.Tensor], head_keys: tuple[str, ...]) -
     return int(w.shape[0]) if w is not None and w.dim() == 2 else None
 
 
+_SUPPORTED = "ViT, DeiT, DINOv2 (with registers), EVA-02, BEiT and CLIP vision towers"
+
+
 def _check_supported(model: nn.Module, name: str) -> None:
+    """Refuse, at load time, a timm model whose tokens or attention the adapter cannot explain."""
     if not hasattr(model, "blocks") or not hasattr(model, "patch_embed") or not hasattr(model, "num_prefix_tokens"):
         raise ModelLoadError(
             f"timm:{name} is not a VisionTransformer-style model (needs blocks, patch_embed, num_prefix_tokens); "
-            "vision-audit explains ViT, DeiT, register ViTs and CLIP vision towers"
+            f"vision-audit explains {_SUPPORTED}"
+        )
+    known = _eager_attention()
+    for i, blk in enumerate(model.blocks):
+        attn = getattr(blk, "attn", None)
+        if type(attn) not in known:
+            raise ModelLoadError(
+                f"timm:{name}: block {i} ({type(blk).__name__}) uses attention {type(attn).__name__}, whose "
+                f"attention probabilities vision-audit cannot capture exactly; supported: "
+                f"{', '.join(sorted(known.values()))} ({_SUPPORTED})"
+            )
+    kinds = _prefix_kinds(model)
+    if len(kinds) != int(model.num_prefix_tokens):
+        raise ModelLoadError(
+            f"timm:{name}: cannot tell its {model.num_prefix_tokens} prefix tokens apart (recognised {kinds})"
+        )
+    pool = getattr(model, "global_pool", "token")
+    bad = None
+    if getattr(model, "attn_pool", None) is not None:
+        bad = "attention pooling (global_pool='map')"
+    elif pool == "token" and (not kinds or kinds[0] != "cls"):
+        bad = "token pooling without a class token"
+    elif pool not in ("token", "avg"):
+        bad = f"global_pool={pool!r}"
+    elif pool == "avg" and getattr(model, "pool_include_prefix", False):
+        bad = "mean pooling that includes the prefix tokens (pool_include_prefix=True)"
+    if bad is not None:
+        raise ModelLoadError(
+            f"timm:{name}: {bad} has no single pooled token or patch mean to explain; build it with "
+            "option global_pool='token' (class token) or global_pool='avg' (mean of the patch tokens)"
         )
 
 

@@ -31,6 +31,9 @@ EXPECTED_PREFIX = {
     "hf_vit": (("cls",), 0),
     "hf_clip": (("cls",), 0),
     "zeroshot_open_clip": (("cls",), 0),
+    "eva02": (("cls",), None),  # mean of the patch tokens (fc_norm)
+    "beit": (("cls",), None),
+    "dinov2_reg": (("cls", "reg", "reg", "reg", "reg"), 0),
     "timm_swin": ((), None),
     "timm_convnext": ((), None),
     "hf_swin": ((), None),
@@ -39,7 +42,7 @@ EXPECTED_PREFIX = {
     "hf_dinov2_reg": (("cls", "reg", "reg"), 0),
 }
 # adapters that accept a 32x48 input (dynamic size / interpolated position embeddings)
-NON_SQUARE = {"timm_vit_dynamic", "hf_vit", "hf_clip"}
+NON_SQUARE = {"timm_vit_dynamic", "hf_vit", "hf_clip", "eva02"}
 # any multiple of a CNN's total stride / of DINOv2's patch size (interpolated position embeddings)
 NON_SQUARE |= {"timm_convnext", "hf_convnext", "hf_dinov2", "hf_dinov2_reg"}
 N_BLOCKS = 2

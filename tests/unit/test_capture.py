@@ -8,6 +8,7 @@ import torch
 from audit.capture import assert_no_hooks, capture
 from audit.errors import CaptureError
 from tests.helpers_models import tiny_hf_vit, tiny_open_clip, tiny_timm_vit
+from tests.reference_maps import explicit_attention
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +39,8 @@ def test_timm_attention_equals_manual_softmax(vit) -> None:
         for h in handles:
             h.remove()
     for blk, inp, att in zip(blocks, seen, cap.attentions):
-        a = blk.attn
-        h = blk.norm1(inp)
-        b, n, c = h.shape
-        qkv = a.qkv(h).reshape(b, n, 3, a.num_heads, c // a.num_heads).permute(2, 0, 3, 1, 4)
-        q, k = qkv[0], qkv[1]
-        ref = (q @ k.transpose(-2, -1) * (c // a.num_heads) ** -0.5).softmax(-1)  # (B, H, N, N)
+        with torch.no_grad():
+            ref = explicit_attention(blk.attn, blk.norm1(inp), n_prefix=1)  # (B, H, N, N)
         torch.testing.assert_close(att, ref, atol=1e-6, rtol=0)
     assert_no_hooks(vit.model)
 

@@ -1,4 +1,4 @@
-"""GAE against a plain re-derivation of the formula with hooks written here (not audit.capture)."""
+"""GAE against a plain re-derivation of the formula with hooks (tests/reference_maps.py, not audit.capture)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from audit.explain import ClassTarget, explain
 from audit.explain.gae import gae_relevance
 from audit.models.base import ModelSpec
 from audit.models.timm_vit import TimmViTAdapter
+from tests.reference_maps import reference_gae
 
 
 def tiny(name: str = "vit_tiny_patch16_224", **kw) -> TimmViTAdapter:
@@ -23,40 +24,6 @@ def tiny(name: str = "vit_tiny_patch16_224", **kw) -> TimmViTAdapter:
     }
     opts.update(kw)
     return TimmViTAdapter.load(ModelSpec.parse(f"timm:{name}", **opts))
-
-
-def reference_gae(
-    model: torch.nn.Module, x: torch.Tensor, cls: list[int], start_layer: int = 0
-) -> torch.Tensor:
-    """Chefer's GAE written out: hooks on each block's attn_drop (input = post-softmax attention)."""
-    attns: list[torch.Tensor] = []
-    handles, flags = [], []
-    for blk in model.blocks:
-        flags.append(blk.attn.fused_attn)
-        blk.attn.fused_attn = False
-
-        def hook(_m, inp, _out):
-            inp[0].retain_grad()
-            attns.append(inp[0])
-
-        handles.append(blk.attn.attn_drop.register_forward_hook(hook))
-    try:
-        logits = model(x)
-        one_hot = torch.zeros_like(logits)
-        one_hot[torch.arange(len(cls)), cls] = 1
-        (logits * one_hot).sum().backward()
-    finally:
-        for h in handles:
-            h.remove()
-        for blk, f in zip(model.blocks, flags):
-            blk.attn.fused_attn = f
-    n = attns[0].shape[-1]
-    r = torch.eye(n).repeat(x.shape[0], 1, 1)
-    for a in attns[start_layer:]:
-        cam = (a.grad * a).clamp(min=0).mean(dim=1)
-        r = r + torch.bmm(cam, r)
-    npre = model.num_prefix_tokens
-    return r[:, 0, npre:]
 
 
 @pytest.mark.parametrize("start_layer", [0, 1])
