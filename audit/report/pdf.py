@@ -229,6 +229,7 @@ def render_pdf(summary: AuditSummary, path: str | os.PathLike[str], *, figures: 
           ("Images", f"{fmt(p.n_used, 'int')} used of {fmt(p.n_rows, 'int')} rows ({fmt(p.n_skipped, 'int')} skipped)"),
           ("Label / group columns", f"{p.label_column or 'none'} / {', '.join(p.group_columns)}"),
           ("Preprocessing", preprocessing_text(p.preprocessing)),
+          *([("Probe head", p.probe)] if p.probe else []),
           ("Explanation methods", (", ".join(p.methods) or "none")
            + (f" (deletion baseline: {p.deletion_baseline})" if p.deletion_baseline else "")),
           ("Device / dtype / backend", f"{p.device} / {p.dtype} / {p.backend}"),

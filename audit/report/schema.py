@@ -61,6 +61,8 @@ class Provenance(_Model):
     alpha: float = DEFAULT_ALPHA
     #: resolved preprocessing: {"values": {...}, "sources": {key: source}, "warnings": [...]}
     preprocessing: dict[str, Any] = {}
+    #: the linear probe head of a frozen backbone (model.probe), in words; None for a model's own head
+    probe: str | None = None
     #: deletion baseline of the faithfulness scores ("blur" / "black")
     deletion_baseline: str | None = None
 

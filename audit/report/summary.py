@@ -92,6 +92,7 @@ __all__ = [
     "fmt",
     "fmt_ci",
     "preprocessing_text",
+    "probe_text",
     "provenance_of",
     "tool_version",
 ]
@@ -116,6 +117,26 @@ def preprocessing_text(pre: dict[str, Any]) -> str:
             "[" + ", ".join(f"{float(x):.4g}" for x in v) + "]" if isinstance(v, (list, tuple)) else str(v))
         src = sources.get(k)
         parts.append(f"{k} {shown}" + (f" ({src})" if src else ""))
+    return "; ".join(parts)
+
+
+def probe_text(probe: dict[str, Any]) -> str:
+    """One line naming a probe head (run.json ``model.probe``): where it came from and its own accuracy.
+
+    Example:
+        >>> probe_text({"source": "file", "path": "head.safetensors", "n_classes": 3, "embed_dim": 384})
+        'linear probe (3 classes on the 384-d embedding) read from head.safetensors'
+    """
+    shape = f"{probe.get('n_classes', '?')} classes on the {probe.get('embed_dim', '?')}-d embedding"
+    if probe.get("source") != "fitted":
+        return f"linear probe ({shape}) read from {probe.get('path')}"
+    parts = [(f"linear probe ({shape}) fitted by logistic regression (C {probe.get('C')}, seed {probe.get('seed')}) "
+              f"on {probe.get('n_train')} images of {probe.get('path')}")]
+    for key, what in (("train_accuracy", "training accuracy"), ("holdout_accuracy", "held-out accuracy")):
+        a = probe.get(key)
+        if a:
+            parts.append(f"{what} {fmt(a.get('value'))} {fmt_ci(a.get('ci_low'), a.get('ci_high'))} (n={a.get('n')})")
+    parts += [str(n) for n in probe.get("notes") or []]
     return "; ".join(parts)
 
 
@@ -196,6 +217,7 @@ def provenance_of(run: Run) -> Provenance:
         methods=run.methods, versions={str(k): str(v) for k, v in (run.meta.get("versions") or {}).items()},
         min_group_size=_min_group_size(run), alpha=_alpha(run),
         preprocessing=dict(run.meta.get("preprocessing") or {}),
+        probe=probe_text(m["probe"]) if m.get("probe") else None,
         deletion_baseline=(run.meta.get("faithfulness") or {}).get("baseline")
         or (run.section("explain").baseline if run.methods else None),
     )
@@ -340,6 +362,7 @@ def _limitations(run: Run, s: AuditSummary) -> list[str]:
         out.append("Harmful-label rates depend on the label set used (" + s.clip.harmful_disparities[0].label_set
                    + "); a different set can give different rates.")
     out.extend(str(w) for w in (p.preprocessing.get("warnings") or []))
+    out.extend(str(n) for n in (((run.meta.get("model") or {}).get("probe") or {}).get("notes") or []))
     out.extend(str(x) for x in run.meta.get("limitations") or [])
     return out
 
