@@ -229,6 +229,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with ProgressBar() as bar:
         run = run_audit(cfg, progress=bar.update, log=bar.write)
     print(f"run written to {run.path}")
+    if (run.meta.get("model") or {}).get("probe"):
+        from audit.report.summary import probe_text
+
+        print("probe head: " + probe_text(run.meta["model"]["probe"]))
     from audit.findings import format_findings
 
     print(format_findings(run.findings(), name=run.name))
