@@ -130,6 +130,7 @@ class TimmViTAdapter(Adapter):
                 if n_ckpt is not None
                 else "The checkpoint has no classification head: pass num_classes=0 for a feature model."
             )
+            _check_pool_keys(model, sd, name=name, source=spec.checkpoint)
             check_state_dict(model, sd, source=spec.checkpoint, spec=f"timm:{name}", head_keys=head_keys,
                              head_hint=hint)
             model.load_state_dict(sd, strict=True)
@@ -351,6 +352,20 @@ def _eager_attention() -> dict[type, str]:
     return {Attention: "timm.layers.Attention (ViT, DeiT, DINOv2, CLIP)", AttentionRope: "timm.layers.AttentionRope",
             EvaAttention: "timm.models.eva.EvaAttention (EVA-02)",
             BeitAttention: "timm.models.beit.Attention (BEiT)"}
+
+
+def _check_pool_keys(model: nn.Module, sd: dict[str, torch.Tensor], *, name: str, source: Any) -> None:
+    """A checkpoint with ``fc_norm`` (the norm after mean pooling: BEiT, EVA, ``global_pool='avg'``)
+    for a model built with token pooling, or the reverse, gets the option that fits it."""
+    has = any(k.startswith("fc_norm.") for k in sd)
+    built = any(k.startswith("fc_norm.") for k in model.state_dict())
+    if has != built:
+        want = "avg" if has else "token"
+        raise ModelLoadError(
+            f"checkpoint {source} does not fit timm:{name}: the checkpoint {'has' if has else 'has no'} fc_norm "
+            f"(the norm after mean pooling) and the model as built {'has none' if has else 'has one'}; pass "
+            f"global_pool={want!r} (option global_pool, on the command line --option global_pool={want})"
+        )
 
 
 def _ckpt_num_classes(sd: dict[str, torch.Tensor], head_keys: tuple[str, ...]) -> int | None:

@@ -211,6 +211,16 @@ def test_checkpoint_head_is_loaded_strictly(variant, tmp_path_factory) -> None:
         assert torch.equal(v, w), k
 
 
+def test_checkpoint_pooling_mismatch_names_the_option(variant) -> None:
+    kind, a = variant
+    name, extra = TINY_VARIANTS[kind]
+    opts = {k: v for k, v in {**TINY_VIT, **extra}.items() if k != "pretrained"}
+    other = "token" if EXPECTED[kind][1] is None else "avg"  # the pooling the checkpoint was not trained with
+    want = "avg" if other == "token" else "token"
+    with pytest.raises(ModelLoadError, match=rf"fc_norm .*global_pool='{want}'"):
+        load_model(f"timm:{name}", checkpoint=a.spec.checkpoint, class_names=CLASS_NAMES, global_pool=other, **opts)
+
+
 @pytest.mark.parametrize(("name", "options", "message"), [
     ("vit_relpos_small_patch16_224", {}, r"uses attention RelPosAttention.*supported: .*EvaAttention"),
     ("vit_base_patch16_siglip_224", {}, r"attention pooling \(global_pool='map'\).*global_pool='avg'"),
