@@ -39,7 +39,7 @@ def load_classifier(config: AuditConfig, class_names: Sequence[str] | None = Non
     """Load the configured model; wrap a CLIP in a ZeroShotHead so it classifies.
 
     With ``model.probe`` the model is a frozen backbone read by a linear head
-    (:func:`audit.models.probe.probe_classifier`: from ``probe_head``, a run's saved head file, else
+    (:func:`audit.probing.probe_classifier`: from ``probe_head``, a run's saved head file, else
     ``model.probe.weights``, else fitted on ``model.probe.manifest``); the
     :class:`~audit.models.probe.ProbeAdapter` is then both the adapter and the classifier.
 
@@ -65,9 +65,9 @@ def load_classifier(config: AuditConfig, class_names: Sequence[str] | None = Non
         **options,
     )
     if config.model.probe is not None:
-        from audit.models.probe import probe_classifier
+        from audit.probing import probe_classifier
 
-        probe = probe_classifier(config, adapter, device=device, head_file=probe_head)
+        probe = probe_classifier(config, adapter, device=device, head_file=probe_head, forward_rows=forward_rows)
         return probe, probe
     if adapter.kind != "clip":
         return adapter, adapter

@@ -12,13 +12,19 @@ from safetensors.numpy import save_file
 
 from audit.config import parse_config
 from audit.errors import ConfigError
+from audit.forward import forward_rows
 from audit.models import load_model
-from audit.models.probe import HEAD_FILE, ProbeAdapter, fit_head, load_head, probe_classifier
+from audit.models.probe import HEAD_FILE, ProbeAdapter, fit_head, load_head
+from audit.probing import probe_classifier as _probe_classifier
 from tests.helpers_models import TINY_VIT
 from tests.probe_data import PROBE_CLASSES, make_probe_manifest
 
 SSL_OPTS = {**TINY_VIT, "num_classes": 0}
 D = 32
+
+
+def probe_classifier(cfg, backbone, **kw):
+    return _probe_classifier(cfg, backbone, forward_rows=forward_rows, **kw)
 
 
 def ssl_backbone():
