@@ -311,3 +311,56 @@ def all_adapter_factories() -> dict[str, Callable[[Path], Adapter]]:
         "hf_dinov2": tiny_hf_dinov2,
         "hf_dinov2_reg": lambda tmp: tiny_hf_hier("dinov2_reg", tmp),
     }
+
+
+def group_head_vit(n: int = 240, seed: int = 0) -> tuple[Adapter, torch.Tensor, list[str]]:
+    """A tiny timm ViT built by hand whose last block's head 1 copies a group signal into the class-1 logit.
+
+    Images (already normalised tensors): channel 0 an object intensity (uniform per image), channel 1 the
+    group (0.2 for group "a", 0.8 for "b"), with pixel noise. The patch embedding writes the patch means of
+    channels 0 / 1 into residual channels 0 / 1 (channel 2 a constant 10, for stable LayerNorm statistics);
+    block 0 and both MLPs write nothing; in block 1 attention is uniform (q = k = 0), head 0 copies channel 0
+    into residual channel 10 and head 1 copies channel 1 into channel 11. The head: class-1 logit =
+    standardised channel 10 + 2 x (channel 11 centred at the group midpoint, scaled by the group distance),
+    so group "b" is predicted class 1 far more often than group "a" only through head 1.
+
+    Returns:
+        (adapter, images (n, 3, 32, 32), group of each image)
+    """
+    torch.manual_seed(seed)
+    adapter = load_model("timm:vit_tiny_patch16_224", class_names=["neg", "pos"],
+                         **{**TINY_VIT, "num_classes": 2})
+    m = adapter.model
+    g = torch.Generator().manual_seed(seed)
+    groups = ["a" if i % 2 == 0 else "b" for i in range(n)]
+    x = torch.zeros(n, 3, 32, 32)
+    x[:, 0] = torch.rand(n, 1, 1, generator=g)
+    x[:, 1] = torch.tensor([0.2 if s == "a" else 0.8 for s in groups]).view(n, 1, 1)
+    x[:, :2] += 0.05 * torch.randn(n, 2, 32, 32, generator=g)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.LayerNorm):
+                mod.weight.fill_(1.0)
+        pe = m.patch_embed.proj  # (C, 3, 8, 8)
+        pe.weight[0, 0] = 1.0 / 64
+        pe.weight[1, 1] = 1.0 / 64
+        pe.bias[2] = 10.0
+        m.cls_token[0, 0, 2] = 10.0
+        attn = m.blocks[1].attn
+        c = attn.proj.weight.shape[0]
+        d = c // attn.num_heads
+        attn.qkv.weight[2 * c + 0, 0] = 1.0  # head 0's first value dim reads channel 0
+        attn.qkv.weight[2 * c + d, 1] = 1.0  # head 1's first value dim reads channel 1
+        attn.proj.weight[10, 0] = 1.0
+        attn.proj.weight[11, d] = 1.0
+        feats = adapter.encode_image(x)  # (n, C) normed pre-logits
+        f10, f11 = feats[:, 10], feats[:, 11]
+        is_b = torch.tensor([s == "b" for s in groups])
+        mid = (f11[is_b].mean() + f11[~is_b].mean()) / 2
+        dist = (f11[is_b].mean() - f11[~is_b].mean()).abs()
+        m.head.weight[1, 10] = 1.0 / f10.std()
+        m.head.weight[1, 11] = 2.0 / dist
+        m.head.bias[1] = -(f10.median() / f10.std() + 2.0 * mid / dist)
+    return adapter, x, groups
