@@ -101,10 +101,25 @@ def test_probe_run_reproduces_sklearn_accuracy_by_group(tmp_path):
     assert "Probe head" in md and "fitted by logistic regression" in md and "held-out accuracy" in md
 
 
-def test_probe_run_load_model_refuses_a_changed_head(tmp_path):
+def test_probe_run_through_the_cli_and_a_changed_head_is_refused(tmp_path, capsys):
+    import yaml
+
+    from audit.cli import main
+
     ckpt = save_ssl_backbone(tmp_path / "ssl_vit.safetensors")
     model = {"spec": "timm:vit_tiny_patch16_224", "checkpoint": str(ckpt), "options": SSL_OPTS}
-    run = run_audit(parse_config(probe_config(tmp_path, model, methods=())))
+    cfg = probe_config(tmp_path, model, methods=())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**cfg, "model": {**model, "probe": {**cfg["model"]["probe"], "weights": "h.st"}}}))
+    assert main(["run", str(bad)]) == 2
+    assert "model.probe: Value error, give weights (a safetensors head) or manifest" in capsys.readouterr().err
+    good = tmp_path / "audit.yaml"
+    good.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "probe head: linear probe (3 classes on the 32-d embedding) fitted by logistic regression" in out
+    assert "held-out accuracy" in out and "(n=15)" in out
+    run = Run.open(tmp_path / "run")
     from safetensors.numpy import save_file
 
     w, b, meta = load_head(run.path / HEAD_FILE, dim=32)
