@@ -193,7 +193,13 @@ def _cmd_models() -> int:
             print(f"{pad}{ex}")
         if fam.get("checkpoint_help"):
             print(f"{pad}local weights: {fam['checkpoint_help']}")
-        print(f"{pad}methods: {', '.join(list_methods(family=fam['family']))}")
+        groups = fam.get("groups") or []
+        if not groups:
+            print(f"{pad}methods: {', '.join(list_methods(family=fam['family']))}")
+        for g in groups:
+            methods = list_methods(family=fam["family"], attention_maps=g["attention_maps"])
+            note = "" if g["attention_maps"] else " (no attention maps: rollout, gae, attention do not apply)"
+            print(f"{pad}{fam['family']} {g['name']}: {', '.join(methods)}{note}")
     print("\nA local checkpoint: add --checkpoint PATH (a .safetensors file; for hf: a saved model directory).")
     print("Methods and what they need: vision-audit explain --list-methods")
     return EXIT_OK

@@ -8,7 +8,10 @@ each repeat, and reports the median over repeats (after one warm-up call of each
 * our IG (grid)      ÷ raw captum IG, same n_steps and internal_batch_size  goal ≤ 1.05
 * our Grad-CAM       ÷ pytorch-grad-cam GradCAM on the same layer           goal ≤ 1.00
 
-Default: timm ``vit_small_patch16_224`` (random weights), batch 16, 224x224, CPU, 5 repeats.
+Default: timm ``vit_small_patch16_224`` (random weights), batch 16, 224x224, CPU, 5 repeats. Any timm
+model the adapters load works (``--model swin_tiny_patch4_window7_224``, ``--model convnext_atto``); the
+Grad-CAM layer and pytorch-grad-cam's ``reshape_transform`` come from the adapter (``gradcam_layer``,
+``gradcam_reshape``), and models without attention maps skip rollout and GAE with a note.
 Exit code 0 whatever the outcome (a benchmark reports, it does not gate); 2 on bad arguments.
 """
 
@@ -59,6 +62,8 @@ def _cases(adapter: Any, x: torch.Tensor, *, ig_steps: int, ibs: int | None, whi
         torch.autograd.grad(y, [xi])
 
     cases = []
+    if not adapter.attention_maps:  # Swin / ConvNeXt: no attention maps for rollout / GAE
+        which = tuple(m for m in which if m not in ("rollout", "gae"))
     if "rollout" in which:
         cases.append(
             (
@@ -92,12 +97,7 @@ def _cases(adapter: Any, x: torch.Tensor, *, ig_steps: int, ibs: int | None, whi
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        gh, gw = layout.grid
-
-        def reshape(t: torch.Tensor) -> torch.Tensor:
-            p = layout.patch_tokens(t, dim=1)
-            return p.reshape(t.shape[0], gh, gw, t.shape[2]).permute(0, 3, 1, 2)
-
+        reshape = adapter.gradcam_reshape(layout)  # tokens / channels-last -> (B, C, gh, gw); None: already so
         tg = [ClassifierOutputTarget(i) for i in idx]
 
         def grad_cam_lib() -> None:
@@ -144,10 +144,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, which: tuple[str, ...]) -> int:
+    from audit.errors import ModelLoadError
     from audit.models import load_model
 
     torch.manual_seed(0)
-    adapter = load_model(f"timm:{args.model}", pretrained=False, img_size=args.size)
+    try:
+        adapter = load_model(f"timm:{args.model}", pretrained=False, img_size=args.size)
+    except (TypeError, ModelLoadError):  # CNNs (ConvNeXt) take no img_size: any multiple of their stride
+        adapter = load_model(f"timm:{args.model}", pretrained=False)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     print(
         f"model timm:{args.model} (random weights), batch {args.batch}, {args.size}x{args.size}, "
@@ -155,6 +159,8 @@ def _run(args: argparse.Namespace, which: tuple[str, ...]) -> int:
     )
     if args.repeats < 5:
         print("note: fewer than 5 repeats: a smoke run, not a claim")
+    if not adapter.attention_maps and {"rollout", "gae"} & set(which):
+        print(f"note: rollout/GAE left out: {adapter.attention_refusal}")
     cases = _cases(adapter, x, ig_steps=args.ig_steps, ibs=args.internal_batch_size, which=which)
     times: dict[str, tuple[list[float], list[float]]] = {c[0]: ([], []) for c in cases}
     for _, _, ours, _, base in cases:  # warm-up

@@ -28,17 +28,21 @@ if TYPE_CHECKING:
     from audit.models.base import Adapter
 
 
-def list_methods(*, family: str | None = None) -> list[str]:
+def list_methods(*, family: str | None = None, attention_maps: bool = True) -> list[str]:
     """Names of every registered explanation method, or of those that apply to model ``family``.
 
     A method applies to a family unless its registration names other ``families``, or it
     ``needs_attention`` and the family's registration does not expose ``attention``.
+    ``attention_maps=False`` also leaves out the attention methods (an architecture group of the
+    family without attention maps, e.g. timm Swin / ConvNeXt: ``Adapter.attention_maps``).
 
     Example:
         >>> "rollout" in list_methods(family="timm")
         True
     """
     names = METHODS.names()
+    if not attention_maps:
+        names = [m for m in names if not METHODS.meta(m).get("needs_attention")]
     if family is None:
         return names
     return [m for m in names if method_applies(m, family)]

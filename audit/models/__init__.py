@@ -134,7 +134,8 @@ def list_families() -> list[dict[str, Any]]:
 
     Each dict: ``family``, ``description``, ``examples`` (the registered ``example`` first),
     ``kind``, ``attention`` (whether the family exposes attention probabilities, which attention
-    methods need) and ``checkpoint_help`` (how to give local weights).
+    methods need), ``checkpoint_help`` (how to give local weights) and ``groups``
+    (:func:`architecture_groups`: per architecture, whether attention methods apply).
     """
     out = []
     for name in ADAPTERS.names():
@@ -148,8 +149,28 @@ def list_families() -> list[dict[str, Any]]:
             "kind": meta.get("kind"),
             "attention": bool(meta.get("attention")),
             "checkpoint_help": meta.get("checkpoint_help", ""),
+            "groups": architecture_groups(name),
         })
     return out
+
+
+def architecture_groups(family: str) -> list[dict[str, Any]]:
+    """The architecture groups of ``family`` whose adapters differ in what they expose: ``name``,
+    ``adapter`` (class name), ``attention_maps`` (whether attention methods apply) and
+    ``attention_refusal`` (why not). Families with a single adapter class give ``[]``."""
+    from audit.models.hf import HFAdapter
+    from audit.models.hf_hier import HFConvNeXtAdapter, HFDinov2Adapter, HFSwinAdapter
+    from audit.models.timm_hier import TimmConvNeXtAdapter, TimmSwinAdapter
+    from audit.models.timm_vit import TimmViTAdapter
+
+    groups: dict[str, list[tuple[str, type[Adapter]]]] = {
+        "timm": [("ViT / DeiT / register ViTs / EVA-02 / BEiT / CLIP towers", TimmViTAdapter),
+                 ("Swin (v1/v2)", TimmSwinAdapter), ("ConvNeXt", TimmConvNeXtAdapter)],
+        "hf": [("ViT / CLIP", HFAdapter), ("DINOv2 (with registers)", HFDinov2Adapter), ("Swin", HFSwinAdapter),
+               ("ConvNeXt", HFConvNeXtAdapter)],
+    }
+    return [{"name": n, "adapter": c.__name__, "attention_maps": bool(c.attention_maps),
+             "attention_refusal": c.attention_refusal} for n, c in groups.get(family, [])]
 
 
 def __getattr__(name: str) -> Any:
