@@ -12,7 +12,7 @@ from safetensors.numpy import save_file
 
 from audit.config import parse_config
 from audit.errors import ConfigError
-from audit.forward import forward_rows
+from audit.forward import forward_rows, load_classifier
 from audit.models import load_model
 from audit.models.probe import HEAD_FILE, ProbeAdapter, fit_head, load_head
 from audit.probing import probe_classifier as _probe_classifier
@@ -159,3 +159,23 @@ def test_probe_adapter_refuses_bad_heads():
         ProbeAdapter(bb, np.zeros((2, D)), np.zeros(2), ["a", "a"])
     with pytest.raises(Exception, match="NaN"):
         ProbeAdapter(bb, np.full((2, D), np.nan), np.zeros(2), ["a", "b"])
+
+
+def test_probe_on_a_bare_hf_dinov2(tmp_path):
+    """A transformers Dinov2Model (no classifier) read by a fitted probe: Grad-CAM targets the probe logit."""
+    from audit.explain import explain
+    from audit.explain.targets import ClassTarget
+    from tests.helpers_models import save_tiny_hf_hier
+
+    d = save_tiny_hf_hier("dinov2", tmp_path / "dinov2_features", head=False)
+    train = make_probe_manifest(tmp_path, 30, seed=5, name="train.csv")
+    cfg = parse_config({"model": {"spec": f"hf:{d}", "probe": {"manifest": str(train), "holdout": 0}},
+                        "data": {"manifest": str(make_probe_manifest(tmp_path, 6, seed=1, name="audit.csv"))},
+                        "run": {"output": str(tmp_path / "run"), "batch_size": 8}})
+    adapter, clf = load_classifier(cfg)
+    assert clf is adapter and adapter.backbone.family == "hf" and adapter.info["n_train"] == 30
+    x = torch.randn(2, 3, 32, 32)
+    expected = adapter.backbone.encode_image(x).detach().double() @ adapter.weight.T + adapter.bias
+    torch.testing.assert_close(clf.logits(x).detach(), expected)
+    maps = explain(clf, x, method="gradcam", target=ClassTarget(index=[0, 2])).grid_maps
+    assert maps.shape[0] == 2 and torch.isfinite(maps).all() and maps.abs().sum() > 0
