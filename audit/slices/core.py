@@ -31,7 +31,7 @@ Method
    the core grown to that many discovery rows in order of the score (a slice with fewer cannot
    reach ``min_group_size`` confirmation rows). Places that err more than the rest of their scope
    with discovery Fisher p < ``discover_alpha`` and at least ``min_errors`` errors are candidates;
-   a candidate whose discovery errors overlap a stronger one's (Jaccard >= ``dedupe_jaccard``) is
+   a candidate whose discovery errors overlap a stronger one's (Jaccard >= ``dedupejaccard``) is
    dropped; at most ``max_slices`` go on.
 6. **Confirmation** (the other half only). Each rule assigns the confirmation rows of its scope;
    the slice's error rate is compared with the rest of the scope: n, difference, a 1 - ``alpha``
@@ -64,11 +64,22 @@ import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from audit.slices.confirm import (
+    MEMBER_COLUMNS,
+    SLICE_COLUMNS,
+    Candidate,
+    difference_ci,
+    fisher_greater,
+    jaccard,
+    split_halves,
+    target_size,
+)
 
 __all__ = [
     "MEMBER_COLUMNS",
@@ -77,48 +88,9 @@ __all__ = [
     "split_halves",
 ]
 
-#: columns of the ``slices`` table (documented in docs/RUN_FORMAT.md ("Error slices"))
-SLICE_COLUMNS = [
-    "slice_id", "scope", "status", "confirmed", "small",
-    "n_discover", "discover_error_rate", "discover_rest_error_rate", "discover_p",
-    "n_confirm", "n_rest", "errors", "rest_errors", "error_rate", "rest_error_rate",
-    "difference", "ci_low", "ci_high", "p_value", "p_adj",
-    "n_members", "components", "threshold", "top_words", "overlap", "typical_row_ids",
-    "description", "note",
-]
-#: columns of the ``slice_members`` table
-MEMBER_COLUMNS = ["row_id", "slice_id", "score", "half", "rank"]
-
 TextEmbed = Callable[[list[str]], np.ndarray]
 
 
-# --------------------------------------------------------------------------- split
-def split_halves(classes: np.ndarray, errors: np.ndarray, *, seed: int | np.random.SeedSequence = 0) -> np.ndarray:
-    """Boolean mask of the discovery half, stratified by (class, error).
-
-    Every (class, error) stratum is shuffled and alternately dealt to the two halves; the half
-    that gets the odd row of a stratum is drawn at random.
-
-    Args:
-        classes: (N,) class codes (any hashable values).
-        errors: (N,) booleans.
-        seed: seed of the shuffle.
-
-    Returns:
-        (N,) bool, True for the discovery half.
-    """
-    rng = np.random.default_rng(seed)
-    _, cls = np.unique(np.asarray(classes).astype(str), return_inverse=True)
-    strata = cls.astype(np.int64) * 2 + np.asarray(errors, dtype=np.int64)
-    disc = np.zeros(strata.size, dtype=bool)
-    for s in np.unique(strata):
-        idx = rng.permutation(np.flatnonzero(strata == s))
-        start = int(rng.integers(0, 2))
-        disc[idx[start::2]] = True
-    return disc
-
-
-# --------------------------------------------------------------------------- mixture
 @dataclass
 class _Marginal:
     """The fitted mixture with its error columns marginalised out."""
@@ -217,61 +189,6 @@ def _fit_mixture(z: np.ndarray, err: np.ndarray, cls: np.ndarray | None, n_class
                      mu[:, lo:] if use_cls else None, var[:, lo:] if use_cls else None)
 
 
-# --------------------------------------------------------------------------- tests
-def _fisher_greater(a: int, n_a: int, b: int, n_b: int) -> float:
-    """One-sided exact Fisher p: errors a / n_a in the slice more frequent than b / n_b in the rest."""
-    from scipy.stats import hypergeom
-
-    if n_a == 0 or n_b == 0:
-        return float("nan")
-    # P(X >= a), X ~ Hypergeom(total rows, total errors, slice rows)
-    return float(min(1.0, hypergeom.sf(a - 1, n_a + n_b, a + b, n_a)))
-
-
-def _difference_ci(a: int, n_a: int, b: int, n_b: int, *, n_boot: int, alpha: float,
-                   rng: np.random.Generator) -> tuple[float, float]:
-    from audit.stats import difference_interval
-
-    ra = rng.binomial(n_a, a / n_a, size=n_boot) / n_a
-    rb = rng.binomial(n_b, b / n_b, size=n_boot) / n_b
-    lo, hi = difference_interval(np.array([a / n_a, b / n_b]), np.stack([ra, rb], axis=1), alpha=alpha,
-                                 score_parts=(np.array([[a], [b]]), np.array([[n_a], [n_b]])),
-                                 bounds=(0.0, 1.0))
-    return float(lo), float(hi)
-
-
-# --------------------------------------------------------------------------- candidates
-@dataclass
-class _Candidate:
-    scope: str
-    components: np.ndarray  # the mixture components of the place
-    threshold: float  # log posterior
-    scope_rows: np.ndarray  # indices (into the usable rows) of the scope, both halves
-    score: np.ndarray  # (len(scope_rows),) log posterior of the place
-    disc_members: np.ndarray  # indices of discovery members
-    disc_errors: np.ndarray  # the errors among them
-    n_discover: int
-    discover_rate: float
-    discover_rest_rate: float
-    discover_p: float
-    stats: dict[str, Any] = field(default_factory=dict)
-
-
-def target_size(min_group_size: int) -> int:
-    """Discovery rows a slice's rule aims for: min_group_size + 2 sqrt(min_group_size).
-
-    The halves are random, so a rule that admits m discovery rows admits about m +- sqrt(2 m)
-    confirmation rows; aiming above ``min_group_size`` by this margin (65 for the default 50) makes a
-    slice that is no more than the rows it needs confirmable about nine times in ten, where aiming
-    at ``min_group_size`` itself would make it so about half the time.
-
-    >>> target_size(50)
-    65
-    """
-    return math.ceil(min_group_size + 2.0 * math.sqrt(min_group_size))
-
-
-#: a slice never grows to rows whose posterior is below this (it has to stay a place in the mixture)
 LOG_FLOOR = math.log(1e-300)
 
 
@@ -297,12 +214,7 @@ def _choose_threshold(log_score: np.ndarray, err: np.ndarray, *, core: float,
     rate, rest = a / n, (e_all - a) / (n_all - n)
     if rate <= rest:
         return None
-    return t, _fisher_greater(a, n, e_all - a, n_all - n), n, rate, rest
-
-
-def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    u = np.union1d(a, b).size
-    return np.intersect1d(a, b, assume_unique=True).size / u if u else 0.0
+    return t, fisher_greater(a, n, e_all - a, n_all - n), n, rate, rest
 
 
 # --------------------------------------------------------------------------- main entry
@@ -330,7 +242,7 @@ def discover_slices(
     merge_distance: float = 1.0,
     discover_alpha: float = 0.05,
     min_errors: int = 5,
-    dedupe_jaccard: float = 0.6,
+    dedupejaccard: float = 0.6,
     max_slices: int = 25,
     n_words: int = 5,
     n_typical: int = 8,
@@ -383,7 +295,7 @@ def discover_slices(
         discover_alpha: a place is a candidate when its discovery-half Fisher p is below this.
         min_errors: a candidate needs this many errors among its discovery members (and the data
             this many errors in all).
-        dedupe_jaccard: a candidate whose discovery errors overlap a stronger candidate's this much
+        dedupejaccard: a candidate whose discovery errors overlap a stronger candidate's this much
             (Jaccard) is dropped.
         max_slices: at most this many candidates (the strongest on the discovery half) are tested.
         n_words: concepts in ``top_words``.
@@ -417,7 +329,7 @@ def discover_slices(
                          rows_per_component=rows_per_component, pca_dim=pca_dim, error_weight=error_weight,
                          class_weight=class_weight, reg_covar=reg_covar, max_iter=max_iter, per_class=per_class,
                          max_class_features=max_class_features, core_posterior=core_posterior, merge_distance=merge_distance,
-                         discover_alpha=discover_alpha, min_errors=min_errors, dedupe_jaccard=dedupe_jaccard,
+                         discover_alpha=discover_alpha, min_errors=min_errors, dedupejaccard=dedupejaccard,
                          max_slices=max_slices, n_words=n_words, n_typical=n_typical, n_boot=n_boot, alpha=alpha,
                          seed=seed)
 
@@ -446,7 +358,7 @@ def _discover(emb: np.ndarray, predictions: pd.DataFrame, *, groups: pd.DataFram
               row_ids: np.ndarray | None, min_group_size: int, fdr: float, n_components: int,
               rows_per_component: int | None, pca_dim: int, error_weight: int, class_weight: int,
               reg_covar: float, max_iter: int, per_class: bool, max_class_features: int, core_posterior: float, merge_distance: float,
-              discover_alpha: float, min_errors: int, dedupe_jaccard: float, max_slices: int, n_words: int,
+              discover_alpha: float, min_errors: int, dedupejaccard: float, max_slices: int, n_words: int,
               n_typical: int, n_boot: int, alpha: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     notes: list[str] = []
     if emb.ndim != 2:
@@ -535,7 +447,7 @@ def _discover(emb: np.ndarray, predictions: pd.DataFrame, *, groups: pd.DataFram
     mix_seeds = s_mix.generate_state(len(scopes))
     target = target_size(min_group_size)
 
-    candidates: list[_Candidate] = []
+    candidates: list[Candidate] = []
     for (scope, rows, with_cls), mseed in zip(scopes, mix_seeds):
         rd = rows[disc[rows]]
         k = int(max(2, min(n_components, rd.size // max(1, rows_per_component))))
@@ -559,12 +471,12 @@ def _discover(emb: np.ndarray, predictions: pd.DataFrame, *, groups: pd.DataFram
             members = rows[d_mask][sc[d_mask] >= t]
             if int(err[members].sum()) < min_errors or not p < discover_alpha:
                 continue
-            candidates.append(_Candidate(scope, region, t, rows, sc, members, members[err[members]], n, rate, rest,
+            candidates.append(Candidate(scope, region, t, rows, sc, members, members[err[members]], n, rate, rest,
                                          p))
     candidates.sort(key=lambda c: (c.discover_p, -c.n_discover))
-    kept: list[_Candidate] = []
+    kept: list[Candidate] = []
     for c in candidates:
-        if any(_jaccard(c.disc_errors, o.disc_errors) >= dedupe_jaccard for o in kept):
+        if any(jaccard(c.disc_errors, o.disc_errors) >= dedupejaccard for o in kept):
             continue
         kept.append(c)
     if len(kept) > max_slices:
@@ -586,11 +498,11 @@ def _discover(emb: np.ndarray, predictions: pd.DataFrame, *, groups: pd.DataFram
         st["rest_error_rate"] = b / n_b if n_b else float("nan")
         st["difference"] = st["error_rate"] - st["rest_error_rate"]
         if n_a and n_b:
-            st["ci_low"], st["ci_high"] = _difference_ci(a, n_a, b, n_b, n_boot=n_boot, alpha=alpha, rng=rng)
+            st["ci_low"], st["ci_high"] = difference_ci(a, n_a, b, n_b, n_boot=n_boot, alpha=alpha, rng=rng)
         else:
             st["ci_low"] = st["ci_high"] = float("nan")
         st["small"] = n_a < min_group_size or n_b < min_group_size
-        st["p_value"] = float("nan") if st["small"] else _fisher_greater(a, n_a, b, n_b)
+        st["p_value"] = float("nan") if st["small"] else fisher_greater(a, n_a, b, n_b)
         if st["small"]:
             st["note"] = (f"not confirmable: {n_a} slice / {n_b} rest rows in the confirmation half "
                           f"(min_group_size={min_group_size})")
@@ -606,7 +518,7 @@ def _discover(emb: np.ndarray, predictions: pd.DataFrame, *, groups: pd.DataFram
         c.stats["status"] = ("confirmed" if c.stats["confirmed"] else
                              "too small" if c.stats["small"] else "not confirmed")
 
-    def order(c: _Candidate) -> tuple:
+    def order(c: Candidate) -> tuple:
         s = c.stats
         return (not s["confirmed"], s["small"], s["p_adj"] if np.isfinite(s["p_adj"]) else 2.0,
                 c.discover_p)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:  # pragma: no cover
-    from audit.slices.core import _Candidate
+    from audit.slices.confirm import Candidate
 
 __all__ = ["OVERLAP_COLUMNS", "group_overlap", "rank_texts", "slice_group_overlap"]
 
@@ -150,7 +150,7 @@ def slice_group_overlap(slices: pd.DataFrame, members: pd.DataFrame, predictions
 def typed_tables(rows: list[dict], member_frames: list[pd.DataFrame], notes: list[str]) -> tuple[pd.DataFrame,
                                                                                                   pd.DataFrame]:
     """The two output tables with fixed columns and dtypes (also when empty)."""
-    from audit.slices.core import MEMBER_COLUMNS, SLICE_COLUMNS
+    from audit.slices.confirm import MEMBER_COLUMNS, SLICE_COLUMNS
 
     s = pd.DataFrame(rows, columns=SLICE_COLUMNS)
     ints = ["slice_id", "n_discover", "n_confirm", "n_rest", "errors", "rest_errors", "n_members"]
@@ -172,7 +172,7 @@ def _scope_phrase(scope: str) -> str:
     return "all classes" if scope == "overall" else f"class {scope[len('class:'):]}"
 
 
-def describe(cands: list[_Candidate], *, rid: np.ndarray, half: np.ndarray, desc_emb: np.ndarray,
+def describe(cands: list[Candidate], *, rid: np.ndarray, half: np.ndarray, desc_emb: np.ndarray,
              groups: pd.DataFrame | None, text_embed: Callable[[list[str]], Any] | None, vocabulary: Any,
              n_words: int, n_typical: int, notes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Build the tables for tested candidates (already ordered)."""

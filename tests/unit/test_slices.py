@@ -19,7 +19,7 @@ from audit.slices import (
     slice_group_overlap,
     split_halves,
 )
-from audit.slices.core import target_size
+from audit.slices.confirm import target_size
 
 
 def world(n: int, seed: int, *, planted: float = 0.0, base: float = 0.08, d: int = 32, n_classes: int = 4,
