@@ -202,8 +202,11 @@ def explanations(ctx: Context) -> None:
     ex = ctx.config.explain
     methods, left_out = explain_methods(ctx.config, ctx.classifier)
     if left_out:
-        ctx.notes.append(f"Explanation methods left out of the default set because they do not apply to this "
-                         f"model: {'; '.join(left_out)}")
+        kept = set(methods)
+        gone = [m for m in ex.methods if m not in kept]
+        why = getattr(ctx.classifier, "attention_refusal", "") or left_out[0]
+        ctx.notes.append(f"Explanation methods {', '.join(gone)} of the default set were left out: they do not "
+                         f"apply to this model. {why}")
     if not methods or ex.max_images == 0:
         return
     rows = select_for_explanation(ctx.predictions, ctx.group_columns, ex.max_images, ctx.config.stats.seed)
