@@ -88,8 +88,13 @@ class ProbeAdapter(Adapter):
 
     @property
     def fingerprint(self) -> str:
-        """The backbone's fingerprint plus the head's (weights, bias and class names)."""
-        return f"{self.backbone.fingerprint}+probe:{self.head_hash}"
+        """The backbone's fingerprint plus the head's (weights, bias and class names); cached like an
+        adapter's (``_fingerprint``): dropping the cache recomputes the backbone's too."""
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:
+            self.backbone.__dict__.pop("_fingerprint", None)
+            cached = self._fingerprint = f"{self.backbone.fingerprint}+probe:{self.head_hash}"
+        return cached
 
     # -- classifier ------------------------------------------------------------------------
     def logits_from(self, emb: torch.Tensor) -> torch.Tensor:

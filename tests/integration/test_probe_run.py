@@ -30,13 +30,14 @@ def save_ssl_backbone(path: Path) -> Path:
     return path
 
 
-def probe_config(tmp_path: Path, model: dict, *, methods=("rollout", "gradcam")) -> dict:
+def probe_config(tmp_path: Path, model: dict, *, methods=("rollout", "gradcam"), sanity: bool = False) -> dict:
     train = make_probe_manifest(tmp_path, 60, seed=5, name="train.csv")
     audit = make_probe_manifest(tmp_path, 48, seed=9, name="audit.csv")
     return {
         "model": {**model, "probe": {"manifest": str(train), "seed": 3, "holdout": 0.25}},
         "data": {"manifest": str(audit), "columns": {"groups": ["group"]}},
-        "explain": {"methods": list(methods), "max_images": 6, "faithfulness": False, "sanity": False},
+        "explain": {"methods": list(methods), "max_images": 6, "faithfulness": sanity, "sanity": sanity,
+                    "sanity_images": 2, "faithfulness_steps": 4},
         "stats": {"n_boot": 50, "n_perm": 50, "min_group_size": 5, "embeddings": False, "intersections": False},
         "slices": {"enabled": False},
         "run": {"output": str(tmp_path / "run"), "batch_size": 8, "shard_size": 16},
@@ -61,7 +62,7 @@ def test_probe_run_reproduces_sklearn_accuracy_by_group(tmp_path):
 
     ckpt = save_ssl_backbone(tmp_path / "ssl_vit.safetensors")
     model = {"spec": "timm:vit_tiny_patch16_224", "checkpoint": str(ckpt), "options": SSL_OPTS}
-    run = run_audit(parse_config(probe_config(tmp_path, model)))
+    run = run_audit(parse_config(probe_config(tmp_path, model, sanity=True)))
     probe = run.meta["model"]["probe"]
     assert run.meta["status"] == "complete" and probe["source"] == "fitted" and probe["seed"] == 3
     assert probe["n_train"] == 45 and probe["holdout_accuracy"]["n"] == 15 and (run.path / HEAD_FILE).is_file()
@@ -93,6 +94,7 @@ def test_probe_run_reproduces_sklearn_accuracy_by_group(tmp_path):
     again = explain(clf, x, method="gradcam", target=target, seed=0).grid_maps.detach().float().numpy()
     np.testing.assert_allclose(maps.astype(np.float32), again, rtol=2e-2, atol=2e-3 * float(np.abs(again).max()))
     assert len(run.maps("rollout")[1]) == len(rows)
+    assert set(run.table("sanity")["method"]) >= {"gradcam"} and len(run.table("faithfulness")) > 0
 
     from audit.report import write_report
 

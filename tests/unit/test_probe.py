@@ -61,6 +61,14 @@ def test_file_head_logits_are_linear_in_the_embedding(tmp_path):
     assert probe.class_names == PROBE_CLASSES and probe.kind == "classifier"
     assert probe.info["source"] == "file" and len(probe.info["sha256"]) == 64
     assert probe.fingerprint.startswith(bb.fingerprint + "+probe:")
+    import copy  # the sanity check's re-initialised copy must not keep the original's fingerprint
+
+    work = copy.deepcopy(probe)
+    with torch.no_grad():
+        for p in work.vision_blocks()[-1].parameters():
+            p.add_(1.0)
+    work.__dict__.pop("_fingerprint", None)
+    assert work.fingerprint != probe.fingerprint and work.head_hash == probe.head_hash
     # gradients reach the input through the backbone; layout and blocks are the backbone's
     xi = x.clone().requires_grad_(True)
     probe.logits(xi)[:, 1].sum().backward()
