@@ -98,9 +98,10 @@ def test_probe_run_reproduces_sklearn_accuracy_by_group(tmp_path):
 
     from audit.report import write_report
 
-    out = write_report(run.path, formats=("html", "md"))
+    out = write_report(run.path, formats=("html", "md", "pdf"))
     md = out["md"].read_text(encoding="utf-8")
     assert "Probe head" in md and "fitted by logistic regression" in md and "held-out accuracy" in md
+    assert "<th>Probe head</th>" in out["html"].read_text(encoding="utf-8") and out["pdf"].stat().st_size > 0
 
 
 def test_probe_run_through_the_cli_and_a_changed_head_is_refused(tmp_path, capsys):

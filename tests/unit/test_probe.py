@@ -146,6 +146,8 @@ def test_fitted_probe_records_seed_accuracy_and_saves_its_head(tmp_path):
     assert json.loads(meta["class_names"]) == sorted(PROBE_CLASSES) and json.loads(meta["info"])["seed"] == 11
     again = probe_classifier(cfg, ssl_backbone(), head_file=saved)
     assert again.fingerprint == probe.fingerprint  # the saved head is the head, bit for bit
+    reused = probe_classifier(config(tmp_path, {"weights": str(saved)}), ssl_backbone())  # classes from its metadata
+    assert reused.fingerprint == probe.fingerprint and reused.info["source"] == "file"
     other = probe_classifier(config(tmp_path, {"manifest": str(train), "seed": 12, "holdout": 0.25, "C": 0.5}),
                              ssl_backbone())
     assert other.info["seed"] == 12 and other.fingerprint != probe.fingerprint  # another split, another head
