@@ -88,3 +88,14 @@ def test_batches_concatenate_and_layers_are_checked() -> None:
 def test_unsupported_models_get_a_clear_error() -> None:
     with pytest.raises(UsageError, match="distilled"):
         tiny_deit_distilled().residual_view()
+
+
+def test_bench_explain_has_the_decompose_case(capsys) -> None:
+    from audit.bench import run
+
+    argv = ["--model", "vit_tiny_patch16_224", "--size", "32", "--batch", "2", "--repeats", "1", "--threads", "1",
+            "--methods", "decompose"]
+    assert run("explain", argv) == 0
+    out = capsys.readouterr().out
+    assert "head/MLP decomposition" in out and "plain forward" in out
+    assert out.count("pass") + out.count("miss") == 1
