@@ -195,9 +195,9 @@ def explanations(ctx: Context) -> None:
 
     from audit.explain import ClassTarget, explain
     from audit.explain.faithfulness import faithfulness_table
-    from audit.explain.verdicts import chance_levels, faithfulness_verdicts
     from audit.explain.quality import map_problems
     from audit.explain.sanity import model_randomization
+    from audit.explain.verdicts import chance_levels, faithfulness_verdicts
 
     ex = ctx.config.explain
     methods, left_out = explain_methods(ctx.config, ctx.classifier)
@@ -278,6 +278,16 @@ def explanations(ctx: Context) -> None:
         maps_by_method[m] = maps
         ctx.run.write_maps(m, maps, rows)
     ctx.run.write_table("map_quality", pd.DataFrame(quality_rows, columns=["method", "row_id", "problem"]))
+    from audit.registry import METHODS
+
+    if any(METHODS.meta(m).get("needs_attention") for m in methods):  # high-norm artefact tokens (Darcet et al.)
+        from audit.explain.artifacts import artifact_tables
+
+        tok, per, summ = artifact_tables(ctx.classifier, x_all, rows, batch_size=bs)
+        if summ.get("applicable"):
+            ctx.run.write_table("artifact_tokens", tok)
+            ctx.run.write_table("artifact_images", per)
+            ctx.run.meta["artifacts"] = summ
     ctx.run.save_meta()
     if faith_frames:
         faith = pd.concat(faith_frames, ignore_index=True)
@@ -530,6 +540,10 @@ def limitations(ctx: Context) -> list[str]:
                 f"{len(groups)} group(s) fall below the minimum size ({ctx.config.stats.min_group_size}) for at least "
                 f"one metric and are left out of those comparisons: {', '.join(groups)}"
             )
+    from audit.explain.artifacts import summary_caveat
+
+    if summary_caveat(run.meta.get("artifacts", {})):
+        out.append(summary_caveat(run.meta["artifacts"]))
     if run.has_table("sanity"):
         s = run.table("sanity")
         flagged = sorted(set(s.loc[s["flagged"], "method"]))

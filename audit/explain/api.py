@@ -93,6 +93,7 @@ def explain(
     seed: int = 0,
     keep_images: bool = False,
     keep_attention: bool = False,
+    artifacts: bool = False,
     **params: Any,
 ) -> Explanation:
     """Explain ``images`` (B, 3, H, W), normalised with ``adapter.preprocess``, with one method.
@@ -110,6 +111,9 @@ def explain(
         keep_images: also keep the denormalised images in the result (for display).
         keep_attention: also keep the per-layer attention of the pooled row,
             ``(B, L, heads, gh, gw)`` float16 (one extra captured forward pass).
+        artifacts: for attention methods (rollout, GAE, raw attention), also detect high-norm artefact
+            tokens per image (:func:`audit.explain.artifacts.find_artifacts`, one extra no-grad forward)
+            into ``Explanation.artifacts``; ignored for other methods.
         **params: method parameters (e.g. ``n_steps=32``, ``start_layer=1``, ``baseline="blur"``).
 
     Returns:
@@ -159,6 +163,11 @@ def explain(
         )
     used = {**params, **extras.get("params", {}), "seed": seed}
     attention = _pooled_attention(adapter, images) if keep_attention else None
+    found = None
+    if artifacts and METHODS.meta(method).get("needs_attention"):
+        from audit.explain.artifacts import find_artifacts
+
+        found = find_artifacts(adapter, images).images
     return Explanation(
         method=method,
         target=target.describe() if target is not None else {"kind": "none"},
@@ -172,6 +181,7 @@ def explain(
         text_relevance=extras.get("text_relevance"),
         images=adapter.preprocess.denormalize(images.detach()).clamp(0, 1).cpu() if keep_images else None,
         attention=attention,
+        artifacts=found,
     )
 
 

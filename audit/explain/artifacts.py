@@ -40,10 +40,12 @@ __all__ = [
     "DEFAULT_M",
     "ArtifactReport",
     "ImageArtifacts",
+    "artifact_tables",
     "caveat_text",
     "detect",
     "find_artifacts",
     "summarize",
+    "summary_caveat",
 ]
 
 #: robust z-score threshold (norm above median + K * normal-scaled MAD)
@@ -228,3 +230,48 @@ def caveat_text(img: ImageArtifacts, *, pooled: str = "CLS") -> str:
     n = len(img.tokens)
     return (f"attention map dominated by {n} high-norm artefact token{'s' if n != 1 else ''} "
             f"({img.attention_share:.0%} of the {pooled} attention); read with care")
+
+
+def artifact_tables(adapter: Adapter, images: torch.Tensor, row_ids: Any, *, batch_size: int = 16,
+                    **rule: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """The run's tables for ``images`` (``(M, 3, H, W)``) with ``row_ids`` (length M).
+
+    Returns ``(artifact_tokens, artifact_images, summary)``: one row per artefact token
+    (``row_id, token_row, token_col, norm_ratio, attention_share``), one row per image (``row_id,
+    affected, n_tokens, attention_share, token_share, register_share, caveat``) and
+    :func:`summarize` of all images (``{"applicable": False, ...}`` on models without attention maps).
+    """
+    import pandas as pd
+
+    ids = [int(r) for r in row_ids]
+    if len(ids) != int(images.shape[0]):
+        raise ValueError(f"artifact_tables: {len(ids)} row ids for {int(images.shape[0])} images")
+    tok_cols = ["row_id", "token_row", "token_col", "norm_ratio", "attention_share"]
+    img_cols = ["row_id", "affected", "n_tokens", "attention_share", "token_share", "register_share", "caveat"]
+    found: list[ImageArtifacts] = []
+    for s in range(0, len(ids), max(1, batch_size)):
+        rep = find_artifacts(adapter, images[s : s + batch_size], **rule)
+        if not rep.applicable:
+            return pd.DataFrame(columns=tok_cols), pd.DataFrame(columns=img_cols), summarize(rep)
+        found += rep.images
+    pooled = "CLS" if adapter.token_layout(tuple(images.shape[-2:])).pooled is not None else "pooled (mean patch)"
+    toks = [(r, t[0], t[1], q, a) for r, img in zip(ids, found)
+            for t, q, a in zip(img.tokens, img.norm_ratio, img.token_attention)]
+    per = [(r, img.affected, len(img.tokens), img.attention_share, img.token_share,
+            np.nan if img.register_share is None else img.register_share, caveat_text(img, pooled=pooled))
+           for r, img in zip(ids, found)]
+    return pd.DataFrame(toks, columns=tok_cols), pd.DataFrame(per, columns=img_cols), summarize(found)
+
+
+def summary_caveat(summary: dict[str, Any]) -> str:
+    """One caveat line for run.json limitations / the report ("" when nothing was found)."""
+    if not summary.get("applicable") or not summary.get("n_affected"):
+        return ""
+    lo, hi = summary["share_affected_ci"]
+    return (
+        f"High-norm artefact tokens (Darcet et al. 2024) in {summary['n_affected']} of {summary['n']} explained "
+        f"images ({summary['share_affected']:.0%}, 95% Wilson CI {lo:.0%}-{hi:.0%}); on those, the artefact tokens "
+        f"take {summary['mean_attention_share']:.0%} of the pooled token's attention against "
+        f"{summary['mean_token_share']:.1%} under uniform attention. Rollout/GAE/attention maps of these images "
+        "show the artefacts, not the image content: read them with care (table artifact_images)."
+    )

@@ -73,6 +73,9 @@ class Explanation:
         images: ``(B, 3, H, W)`` images in [0, 1] for display (optional).
         attention: ``(B, L, heads, gh, gw)`` float16 per-layer attention of the pooled row, only when
             requested (``keep_attention=True``).
+        artifacts: per image, the high-norm artefact tokens (:class:`audit.explain.artifacts.ImageArtifacts`:
+            grid ``tokens``, ``norm_ratio``, ``attention_share``); filled by ``explain`` for attention
+            methods when asked (``artifacts=True``), else None.
     """
 
     method: str
@@ -87,6 +90,7 @@ class Explanation:
     text_relevance: list[tuple[list[str], list[float]]] | None = None
     images: torch.Tensor | None = field(default=None, repr=False)  # (B, 3, H, W) in [0, 1]
     attention: torch.Tensor | None = field(default=None, repr=False)  # (B, L, heads, gh, gw)
+    artifacts: list[Any] | None = field(default=None, repr=False)  # list[ImageArtifacts], one per image
     #: per image, ``""`` or why the map is not usable (NaN/Inf, constant); set from ``grid_maps``
     problems: list[str] = field(default_factory=list, init=False)
 
@@ -155,6 +159,9 @@ class Explanation:
             "layout": self.layout.to_dict(),
             "timing_s": self.timing_s,
             "problems": {i: p for i, p in enumerate(self.problems) if p},
+            "artifacts": None if self.artifacts is None else {
+                i: {"tokens": [list(t) for t in a.tokens], "attention_share": a.attention_share}
+                for i, a in enumerate(self.artifacts) if a.tokens},
         }
 
     # -- notebook display ------------------------------------------------------------------

@@ -131,3 +131,16 @@ def test_model_without_attention_maps_is_not_applicable(tmp_path: Path):
 def test_bad_layer_is_refused():
     with pytest.raises(ValueError, match="outside the 2 vision blocks"):
         find_artifacts(tiny_timm_vit(), _images(1), layer=5)
+
+
+def test_explain_fills_artifacts_for_attention_methods_only():
+    from audit.explain import explain
+
+    a = tiny_timm_vit()
+    x = _images(2)
+    plant_artifact(a, x)
+    e = explain(a, x, method="rollout", artifacts=True)
+    assert [i.tokens for i in e.artifacts] == [[(1, 1)], [(1, 1)]]
+    assert e.summary()["artifacts"][0]["tokens"] == [[1, 1]]
+    assert explain(a, x, method="rollout").artifacts is None  # not asked
+    assert explain(a, x, method="gradcam", artifacts=True).artifacts is None  # not an attention method
