@@ -441,7 +441,8 @@ def build_tables(df: Any, row_id: np.ndarray, probs: np.ndarray, class_names: li
     if unknown:
         raise UsageError(
             f"labels {unknown[:10]} are not among the model's classes {class_names[:20]}; "
-            "map the label column to the model's class names (or give model.class_names / model.class_prompts)"
+            "map the label column to the model's class names (or give model.class_names / model.class_prompts; "
+            "a probe head's classes are the labels of model.probe.manifest)"
         )
     has_label = label_idx >= 0
     predictions = pd.DataFrame(
