@@ -359,6 +359,21 @@ class SlicesConfig(_Strict):
         return self
 
 
+class ComponentsConfig(_Strict):
+    """Where a CLIP association finding is carried: head/MLP decomposition, mean-ablation effects,
+    top-k heads against random heads (audit/components/, docs/RUN_FORMAT.md "components")."""
+
+    enabled: bool = Field(default=False, description="costs one more forward over the audit set (CLIP runs)")
+    findings: list[str] = Field(default_factory=list, description="clip.association test names; default: all")
+    layers: int | None = Field(default=None, ge=1, description="last blocks decomposed; default half the depth")
+    k: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], description="top-k head set sizes tested")
+    n_random: int = Field(default=200, ge=20, description="random head sets per k (all sets when fewer)")
+    n_boot: int = Field(default=200, ge=20, description="bootstrap resamples of images per component effect")
+    n_roles: int = Field(default=5, ge=0, description="top components named in words (TextSpan)")
+    vocabulary: list[str] = Field(default_factory=lambda: ["default"],
+                                  description="\"default\" (the shipped concepts) and/or vocabulary YAML paths")
+
+
 class RunConfig(_Strict):
     output: Path
     batch_size: int = Field(default=32, ge=1)
@@ -382,6 +397,7 @@ class AuditConfig(_Strict):
     stats: StatsConfig = Field(default_factory=StatsConfig)
     clip: ClipConfig = Field(default_factory=ClipConfig)
     slices: SlicesConfig = Field(default_factory=SlicesConfig)
+    components: ComponentsConfig = Field(default_factory=ComponentsConfig)
     run: RunConfig
 
     def resolve_paths(self, base: Path) -> AuditConfig:

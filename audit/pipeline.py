@@ -284,6 +284,11 @@ def _run_stages(config: AuditConfig, run: Run, manifest: Any, df: Any, adapter: 
         from audit.slices.stage import run_slices
 
         run_slices(ctx)
+    if config.components.enabled:
+        with timer.stage("components"):
+            from audit.components.run import run_components
+
+            run_components(ctx)
     with timer.stage("finish"):
         run.meta["limitations"] = analyses.limitations(ctx)
         analyses.findings(ctx)
