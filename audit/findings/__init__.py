@@ -63,6 +63,7 @@ from audit.findings.naming import (
     scope_of,
 )
 from audit.findings.sources import (
+    ablation_rows,
     association_rows,
     embedding_rows,
     empty_ledger,
@@ -144,6 +145,7 @@ def build_findings(
     rows += retrieval_rows(tables)
     rows += embedding_rows(tables, alpha)
     rows += faithfulness_rows(tables, alpha)
+    rows += ablation_rows(tables, alpha)
     if not rows:
         return empty_ledger()
     status_order = {"significant": 0, "flagged": 1, "not significant": 2, "descriptive": 3, "not tested": 4}
@@ -172,7 +174,7 @@ def build_findings(
 #: the tables build_findings reads
 SOURCE_TABLES = ("disparities", "group_performance", "harmful_disparities", "harmful_rates", "association",
                  "prediction_disparities", "prediction_distribution", "region_mass", "retrieval_skew",
-                 "linear_probe", "mmd", "faithfulness_verdicts", "sanity", "slices")
+                 "linear_probe", "mmd", "faithfulness_verdicts", "sanity", "slices", "ablations")
 
 
 def findings_for_run(run: Any) -> pd.DataFrame:

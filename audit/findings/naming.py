@@ -31,7 +31,7 @@ METRIC_NAMES = {
     "harmful_label_rate": "harmful-label rate", "share": "share of predictions", "error_rate": "error rate",
 }
 KIND_ORDER = ("performance", "calibration", "harmful_label", "association", "slice", "prediction_distribution",
-              "region_mass", "retrieval_skew", "embedding", "faithfulness", "sanity")
+              "region_mass", "retrieval_skew", "embedding", "faithfulness", "sanity", "component")
 #: what the model does to people and groups (its outputs) is read before how it does it (its
 #: representation and explanations): tier 0 kinds rank before tier 1 kinds of the same status
 OUTCOME_KINDS = frozenset({"performance", "calibration", "harmful_label", "association", "slice",

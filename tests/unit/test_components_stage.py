@@ -40,3 +40,23 @@ def test_unknown_finding_names_are_refused(tmp_path) -> None:
 
     with pytest.raises(ConfigError, match="components.findings names \\['nope'\\]"):
         run_audit(_config(tmp_path, findings=["nope"]))
+
+
+def test_only_significant_ablations_enter_the_ledger() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from audit.findings import build_findings
+
+    base = {"finding": "concept", "n_test": 300, "before": 2.0, "after": 1.4, "change": -0.6, "reduction": 0.6,
+            "random_mean": 0.1, "random_q95": 0.3, "n_random": 200, "exact": False, "accuracy_before": 0.95,
+            "accuracy_after": 0.94}
+    abl = pd.DataFrame([{**base, "k": 1, "components": "L2.H1", "random_p": 0.004, "p_adj": 0.008, "significant": True},
+                        {**base, "k": 2, "components": "L2.H1, L1.H0", "random_p": 0.2, "p_adj": 0.2,
+                         "significant": False}])
+    ledger = build_findings({"ablations": abl})
+    rows = ledger[ledger["kind"] == "component"]
+    assert len(rows) == 1 and rows.iloc[0]["worst_group"] == "L2.H1" and bool(rows.iloc[0]["significant"])
+    text = rows.iloc[0]["text"]
+    assert "carried by head(s) L2.H1" in text and "n=300" in text and "Holm" in text and "random" in text
+    assert np.isclose(rows.iloc[0]["gap"], 0.5)
