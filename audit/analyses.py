@@ -280,10 +280,12 @@ def explanations(ctx: Context) -> None:
     ctx.run.write_table("map_quality", pd.DataFrame(quality_rows, columns=["method", "row_id", "problem"]))
     from audit.registry import METHODS
 
+    art_summary: dict[str, Any] = {}
     if any(METHODS.meta(m).get("needs_attention") for m in methods):  # high-norm artefact tokens (Darcet et al.)
         from audit.explain.artifacts import artifact_tables
 
         tok, per, summ = artifact_tables(ctx.classifier, x_all, rows, batch_size=bs)
+        art_summary = summ
         if summ.get("applicable"):
             ctx.run.write_table("artifact_tokens", tok)
             ctx.run.write_table("artifact_images", per)
@@ -313,8 +315,14 @@ def explanations(ctx: Context) -> None:
         ctx.run.write_table("sanity", sanity)
     if faith_frames:  # every map is shown with its method's verdict against the random map
         st = ctx.config.stats
-        ctx.run.write_table("faithfulness_verdicts", faithfulness_verdicts(
-            faith, sanity, alpha=st.alpha, n_boot=st.n_boot, n_perm=st.n_perm, seed=st.seed, perturbation=ex.baseline))
+        verdicts = faithfulness_verdicts(
+            faith, sanity, alpha=st.alpha, n_boot=st.n_boot, n_perm=st.n_perm, seed=st.seed, perturbation=ex.baseline)
+        from audit.explain.artifacts import verdict_caveat
+
+        if verdict_caveat(art_summary):  # attention methods' verdicts carry the artefact caveat
+            att = verdicts["method"].map(lambda m: bool(METHODS.meta(m).get("needs_attention")))
+            verdicts.loc[att, "reason"] = verdicts.loc[att, "reason"].astype(str) + "; " + verdict_caveat(art_summary)
+        ctx.run.write_table("faithfulness_verdicts", verdicts)
         ctx.run.meta["faithfulness"] = {"baseline": ex.baseline, "insertion_start": "blur",
                                         "steps": ex.faithfulness_steps, "random_map": "uniform, seeded per batch"}
     if masks_all is not None and ctx.group_columns:

@@ -46,6 +46,7 @@ __all__ = [
     "find_artifacts",
     "summarize",
     "summary_caveat",
+    "verdict_caveat",
 ]
 
 #: robust z-score threshold (norm above median + K * normal-scaled MAD)
@@ -275,3 +276,12 @@ def summary_caveat(summary: dict[str, Any]) -> str:
         f"{summary['mean_token_share']:.1%} under uniform attention. Rollout/GAE/attention maps of these images "
         "show the artefacts, not the image content: read them with care (table artifact_images)."
     )
+
+
+def verdict_caveat(summary: dict[str, Any]) -> str:
+    """What an attention method's faithfulness verdict adds when some explained images are affected."""
+    if not summary.get("applicable") or not summary.get("n_affected"):
+        return ""
+    return (f"on {summary['n_affected']} of {summary['n']} images the attention map is dominated by high-norm "
+            f"artefact tokens ({summary['mean_attention_share']:.0%} of the pooled token's attention on average; "
+            "table artifact_images); read those maps with care")

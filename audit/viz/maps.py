@@ -206,3 +206,38 @@ def prediction_line(*, target: str | None = None, prediction: str | None = None,
 __all__ = ["MAP_ALPHA", "MAP_CMAP", "MapScale", "colour", "display_normalise", "display_range", "display_size",
            "fmt_value", "overlay", "patch_boundaries", "prediction_line", "run_range", "scale_label",
            "upsample_map"]
+
+
+ARTIFACT_COLOUR = (220, 30, 30)  # outline of a high-norm artefact token's patch cell (audit.explain.artifacts)
+
+
+def outline_cells(rgb: np.ndarray, cells: list[tuple[int, int]], grid: tuple[int, int], *,
+                  height: int | None = None, colour: tuple[int, int, int] = ARTIFACT_COLOUR,
+                  width: int = 2) -> np.ndarray:
+    """A copy of ``rgb`` (``(H, W, 3)`` uint8) with square outlines around the patch-grid ``cells``
+    (``(row, col)``). The map occupies the top ``height`` rows (default all: an overlay with a colour
+    bar under it passes the map's own height).
+
+    Raises:
+        ValueError: a cell outside ``grid``.
+    """
+    gh, gw = grid
+    out = np.array(rgb, copy=True)
+    h = int(height or out.shape[0])
+    w = out.shape[1]
+    ys = np.round(np.linspace(0, h, gh + 1)).astype(int)
+    xs = np.round(np.linspace(0, w, gw + 1)).astype(int)
+    for r, c in cells:
+        if not (0 <= r < gh and 0 <= c < gw):
+            raise ValueError(f"cell ({r}, {c}) outside the {gh}x{gw} patch grid")
+        y0, y1, x0, x1 = ys[r], max(ys[r + 1], ys[r] + 1), xs[c], max(xs[c + 1], xs[c] + 1)
+        t = max(1, min(width, (y1 - y0) // 2, (x1 - x0) // 2))
+        for sl in ((slice(y0, y0 + t), slice(x0, x1)), (slice(y1 - t, y1), slice(x0, x1)),
+                   (slice(y0, y1), slice(x0, x0 + t)), (slice(y0, y1), slice(x1 - t, x1))):
+            out[sl] = colour
+    return out
+
+
+def artifact_legend(n_tokens: int, attention_share: float, *, pooled: str = "CLS") -> str:
+    """Legend line under a map with artefact tokens outlined."""
+    return (f"□ high-norm artefact token (n = {n_tokens}, {attention_share:.0%} of the {pooled} attention)")

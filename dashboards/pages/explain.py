@@ -129,6 +129,33 @@ verdict_of = {} if verdicts is None or verdicts.empty else {
     str(r["method"]): (str(r["verdict"]), str(r["reason"])) for _, r in verdicts.drop_duplicates("method").iterrows()}
 pred_name = str(row["pred"]) if "pred" in row and pd.notna(row["pred"]) else None
 pred_score = float(row["score"]) if "score" in row and pd.notna(row["score"]) else None
+# high-norm artefact tokens (audit.explain.artifacts): outlined on the attention-method maps of affected images
+_art_img, _art_tok = cache.table(path, "artifact_images"), cache.table(path, "artifact_tokens")
+_art = None if _art_img is None else _art_img[(_art_img["row_id"] == row_id) & _art_img["affected"].astype(bool)]
+_cells = [] if _art_tok is None else [(int(r), int(c)) for r, c in _art_tok.loc[
+    _art_tok["row_id"] == row_id, ["token_row", "token_col"]].itertuples(index=False)]
+
+
+def _attention_method(m: str) -> bool:
+    import audit.explain  # noqa: F401  (registers the methods)
+    from audit.registry import METHODS
+
+    return m in METHODS.names() and bool(METHODS.meta(m).get("needs_attention"))
+
+
+def _outlined(png_bytes: bytes, grid: tuple[int, int], height: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    from audit.viz.maps import outline_cells
+
+    rgb = np.asarray(Image.open(io.BytesIO(png_bytes)).convert("RGB"))
+    buf = io.BytesIO()
+    Image.fromarray(outline_cells(rgb, _cells, grid, height=height)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 cols = st.columns(1 + max(1, len(methods)))
 with cols[0]:
     png, problem = cache.thumbnail(path, row_id, size=cache.OVERLAY)
@@ -143,7 +170,22 @@ for m, col in zip(methods, cols[1:]):
         if res is None:
             st.info(f"{esc(m)}: no stored map for this image")
             continue
-        st.image(res[0], caption=f"{m} · {res[2]}" if res[2] else m)
+        shown = res[0]
+        marked = _art is not None and len(_art) > 0 and bool(_cells) and _attention_method(m) and not res[1]
+        if marked:
+            import io
+
+            from PIL import Image
+
+            shown = _outlined(shown, cache.maps(path, m).get(row_id).shape, Image.open(io.BytesIO(png)).height)
+        st.image(shown, caption=f"{m} · {res[2]}" if res[2] else m)
+        if marked:
+            from audit.viz.maps import artifact_legend
+
+            a0 = _art.iloc[0]
+            pooled = "CLS" if "of the CLS attention" in str(a0["caveat"]) else "pooled (mean patch)"
+            st.caption(esc(artifact_legend(int(a0["n_tokens"]), float(a0["attention_share"]), pooled=pooled)))
+            st.warning(esc(str(a0["caveat"])))
         if m in verdict_of:
             st.markdown(f"**{esc(m)}: {esc(verdict_of[m][0])}**", help=esc(verdict_of[m][1]))
         target = (str(faith.loc[m, "target_class"]) if not faith.empty and m in faith.index

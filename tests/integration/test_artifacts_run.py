@@ -17,17 +17,18 @@ from tests.unit.test_explain_artifacts import plant_artifact
 from .conftest import config_dict, make_dataset
 
 
-def _cfg(tmp_path: Path, model: dict | None = None) -> dict:
-    manifest = make_dataset(tmp_path / "data", 16)
+def _cfg(tmp_path: Path, model: dict | None = None, n: int = 16) -> dict:
+    manifest = make_dataset(tmp_path / "data", n)
     cfg = config_dict(manifest, tmp_path / "run", batch_size=8)
     if model is not None:
         cfg["model"] = model
-    cfg["explain"] = {"methods": ["rollout"], "max_images": 6, "faithfulness": False, "sanity": False}
+    cfg["explain"] = {"methods": ["rollout", "gradcam"], "max_images": min(n, 6), "faithfulness": True,
+                      "faithfulness_steps": 4, "sanity": False}
     cfg["slices"] = {"enabled": False}
     return cfg
 
 
-def test_run_with_planted_artifact_writes_tables_and_caveat(tmp_path: Path) -> None:
+def _planted_run(tmp_path: Path, n: int = 16):
     torch.manual_seed(0)
     opts = dict(TINY_VIT)
     a = load_model("timm:vit_tiny_patch16_224", class_names=CLASS_NAMES, **opts)
@@ -36,7 +37,11 @@ def test_run_with_planted_artifact_writes_tables_and_caveat(tmp_path: Path) -> N
     save_state_dict(a.model, ckpt, preprocess=TINY_PP)
     model = {"spec": "timm:vit_tiny_patch16_224", "checkpoint": str(ckpt), "class_names": CLASS_NAMES,
              "options": {k: v for k, v in opts.items() if k != "pretrained"}}
-    run = run_audit(parse_config(_cfg(tmp_path, model)))
+    return run_audit(parse_config(_cfg(tmp_path, model, n)))
+
+
+def test_run_with_planted_artifact_writes_tables_and_caveat(tmp_path: Path) -> None:
+    run = _planted_run(tmp_path)
     assert run.meta["status"] == "complete"
     tok, per = run.table("artifact_tokens"), run.table("artifact_images")
     assert len(per) == 6 and per["affected"].all()
@@ -45,6 +50,11 @@ def test_run_with_planted_artifact_writes_tables_and_caveat(tmp_path: Path) -> N
     assert per["caveat"].str.match(r"attention map dominated by 1 high-norm artefact token \(\d+% of the CLS attention\); "
                                    r"read with care").all()
     assert run.meta["artifacts"]["n"] == 6 and run.meta["artifacts"]["n_affected"] == 6
+    v = run.table("faithfulness_verdicts").drop_duplicates("method").set_index("method")["reason"]
+    assert v["rollout"].endswith("on 6 of 6 images the attention map is dominated by high-norm artefact tokens "
+                                 f"({run.meta['artifacts']['mean_attention_share']:.0%} of the pooled token's attention "
+                                 "on average; table artifact_images); read those maps with care")
+    assert "artefact" not in v["gradcam"]
     lim = " ".join(run.meta["limitations"])
     assert "High-norm artefact tokens (Darcet et al. 2024) in 6 of 6 explained images" in lim
 
@@ -55,3 +65,20 @@ def test_run_on_plain_vit_has_no_artifacts(tmp_path: Path) -> None:
     per = run.table("artifact_images")
     assert len(per) == 6 and not per["affected"].any() and (per["caveat"] == "").all()
     assert "artefact" not in " ".join(run.meta["limitations"])
+
+
+def test_dashboard_explain_page_outlines_artifact_tokens(tmp_path: Path, monkeypatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    run = _planted_run(tmp_path, n=6)  # every image explained: the first one shown is affected
+    monkeypatch.setenv("VISION_AUDIT_RUNS", str(run.path))
+    monkeypatch.delenv("VISION_AUDIT_POLICY", raising=False)
+    at = AppTest.from_file(str(Path(__file__).parents[2] / "dashboards" / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("pages/explain.py").run()
+    assert not at.exception
+    legends = [c.value.replace("\\", "") for c in at.caption if "artefact token" in c.value]
+    assert len(legends) == 1 and "n = 1" in legends[0]  # rollout only, not gradcam
+    assert legends[0].startswith("□ high-norm artefact token (n = 1, ")
+    assert any("attention map dominated by 1 high-norm artefact token" in w.value.replace("\\", "")
+               for w in at.warning)

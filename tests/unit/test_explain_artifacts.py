@@ -144,3 +144,18 @@ def test_explain_fills_artifacts_for_attention_methods_only():
     assert e.summary()["artifacts"][0]["tokens"] == [[1, 1]]
     assert explain(a, x, method="rollout").artifacts is None  # not asked
     assert explain(a, x, method="gradcam", artifacts=True).artifacts is None  # not an attention method
+
+
+def test_outline_cells_draws_the_cell_border_only():
+    import numpy as np
+
+    from audit.viz.maps import ARTIFACT_COLOUR, artifact_legend, outline_cells
+
+    rgb = np.zeros((40, 40, 3), np.uint8)
+    out = outline_cells(rgb, [(1, 2)], (4, 4), height=40, width=1)
+    red = (out == ARTIFACT_COLOUR).all(axis=-1)
+    assert red[10, 20:30].all() and red[19, 20:30].all() and red[10:20, 20].all() and red[10:20, 29].all()
+    assert not red[11:19, 21:29].any() and red.sum() == 36 and not rgb.any()
+    with pytest.raises(ValueError, match="outside the 4x4"):
+        outline_cells(rgb, [(4, 0)], (4, 4))
+    assert artifact_legend(3, 0.61) == "□ high-norm artefact token (n = 3, 61% of the CLS attention)"
