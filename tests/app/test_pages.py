@@ -12,7 +12,7 @@ import pytest
 from audit.runs import Run
 
 PAGES = ["pages/overview.py", "pages/explain.py", "pages/groups.py", "pages/slices.py", "pages/embeddings.py",
-         "pages/clip_probe.py", "pages/compare.py"]
+         "pages/clip_probe.py", "pages/compare.py", "pages/components.py"]
 
 
 def _unescape(cell: str) -> str:
