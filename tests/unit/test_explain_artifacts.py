@@ -159,3 +159,14 @@ def test_outline_cells_draws_the_cell_border_only():
     with pytest.raises(ValueError, match="outside the 4x4"):
         outline_cells(rgb, [(4, 0)], (4, 4))
     assert artifact_legend(3, 0.61) == "□ high-norm artefact token (n = 3, 61% of the CLS attention)"
+
+
+@pytest.mark.parametrize("kind", ["zeroshot", "hf_vit", "dinov2_reg"])
+def test_other_families_apply(kind: str, tmp_path: Path):
+    from tests.helpers_models import tiny_hf_vit, tiny_vit_variant, tiny_zeroshot
+
+    a = {"zeroshot": tiny_zeroshot, "hf_vit": lambda: tiny_hf_vit(tmp_path),
+         "dinov2_reg": lambda: tiny_vit_variant("dinov2_reg", tmp_path)}[kind]()
+    rep = find_artifacts(a, torch.randn(2, 3, *a.preprocess.size))
+    assert rep.applicable and len(rep.images) == 2 and not any(i.affected for i in rep.images)
+    assert (rep.images[0].register_share is not None) == (kind == "dinov2_reg")
