@@ -142,7 +142,9 @@ def fit_table(df: pd.DataFrame, *, key: str | None = None, labels: dict[str, str
         elif pd.api.types.is_bool_dtype(df[c]):
             cfg[c] = st.column_config.CheckboxColumn(label, width=_px(head))
         else:  # text: as wide as its longest value (up to a limit), so that no name is cut to "balanced_…"
-            longest = int(df[c].astype(str).str.len().max()) if len(df) else 0
+            # missing values count as empty (pandas keeps NA through astype(str): its length is NaN)
+            lens = [len(str(v)) for v in df[c].astype(object).where(df[c].notna(), "")]
+            longest = max(lens, default=0)
             cfg[c] = st.column_config.Column(label, width=_px(max(head, min(longest, 40))))
     cfg.update(column_config or {})
     target = container if container is not None else st

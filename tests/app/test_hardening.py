@@ -113,3 +113,21 @@ def test_typed_label_lines_name_the_bad_line() -> None:
         parse_label_lines("cat\ndog | evil\n")
     with pytest.raises(ValueError, match="distinct"):
         parse_label_lines("cat\ncat\n")
+
+
+def test_fit_table_sizes_a_text_column_of_missing_values() -> None:
+    """An Int64 / string / object column with only missing values (a tiny run's ledger) gets a width,
+    not ``int(NaN)``."""
+    from streamlit.testing.v1 import AppTest
+
+    def page() -> None:
+        import pandas as pd
+
+        from dashboards.ui import fit_table
+
+        fit_table(pd.DataFrame({"n": pd.array([pd.NA, pd.NA], dtype="Int64"),
+                                "s": pd.array([None, None], dtype="string"), "o": [None, "abc"]}))
+
+    at = AppTest.from_function(page).run()
+    assert not at.exception
+    assert len(at.dataframe) == 1 and list(at.dataframe[0].value.columns) == ["n", "s", "o"]
