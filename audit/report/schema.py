@@ -321,6 +321,25 @@ class RegionMassRow(_Model):
     small: bool
 
 
+class AblationRow(_Model):
+    """Top-k heads mean-ablated together against k random heads of the same layers (table ``ablations``)."""
+
+    finding: str
+    k: int
+    components: str
+    n_test: int
+    before: Num
+    after: Num
+    reduction: Num
+    random_mean: Num
+    n_random: int
+    random_p: Num
+    p_adj: Num
+    significant: bool
+    accuracy_before: Num = None
+    accuracy_after: Num = None
+
+
 class SliceRow(_Model):
     """One error slice candidate (table ``slices``): found on the discovery half, tested on the other."""
 
@@ -394,6 +413,8 @@ class AuditSummary(_Model):
     #: error slices nobody labelled (empty when the run searched none: see ``slices_note``)
     slices: list[SliceRow] = []
     slices_note: str = ""
+    #: top-k heads against random heads (table ``ablations``; empty unless components.enabled)
+    ablations: list[AblationRow] = []
     gallery: Gallery = Gallery()
     limitations: list[str] = []
     #: the findings ledger, ranked (the only source of every stated conclusion)

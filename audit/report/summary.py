@@ -26,6 +26,7 @@ from audit.report.schema import (
     DEFAULT_MIN_GROUP_SIZE,
     INTERSECTION_SEP,
     SUMMARY_SCHEMA_VERSION,
+    AblationRow,
     AssociationRow,
     AuditSummary,
     ClipStats,
@@ -406,6 +407,7 @@ def build_summary(run: Run) -> AuditSummary:
         sanity=_rows(run, "sanity", SanityRow), region_mass=_rows(run, "region_mass", RegionMassRow),
         gallery=_gallery(run, perf, disp, prov.group_columns),
         slices=_rows(run, "slices", SliceRow), slices_note=search_note(run.meta.get("slices")),
+        ablations=_rows(run, "ablations", AblationRow),
     )
     s.limitations = _limitations(run, s)
     ledger = run.findings()

@@ -33,6 +33,12 @@ def test_components_stage_writes_both_tables(tmp_path) -> None:
     assert comp.iloc[0]["roles"] != ""  # the top component is named in words
     assert list(abl["k"]) == [1, 2] and abl["accuracy_before"].between(0, 1).all()
     assert run.meta["components"]["correction"] == "holm"
+    from audit.report import write_report
+
+    write_report([run.path], formats=("md",))
+    md = next(run.path.rglob("report.md")).read_text()
+    assert "## Where the association is carried (heads)" in md
+    assert str(abl.iloc[0]["components"]) in md
 
 
 def test_unknown_finding_names_are_refused(tmp_path) -> None:
