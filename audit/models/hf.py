@@ -49,6 +49,9 @@ _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
 _SUPPORTED = ("vit", "clip")
+#: loaders of the other transformers model types (``config.model_type`` -> loader), added by the modules
+#: that know them (audit/models/hf_hier.py: Swin, ConvNeXt, DINOv2); called with the parsed spec and config
+MODEL_TYPE_LOADERS: dict[str, Any] = {}
 
 
 def _import_transformers():
@@ -147,14 +150,13 @@ class HFAdapter(Adapter):
             raise ModelLoadError(no_network_message(f"hf:{src}", e, "hf:LOCAL_DIR")
                                  + "; or save the model with save_pretrained() and use hf:DIRECTORY") from e
         mtype = getattr(config, "model_type", "?")
-        from audit.models.hf_hier import HIER_TYPES, load_hier  # Swin, ConvNeXt, DINOv2
-
-        if mtype in HIER_TYPES:
-            return load_hier(spec, config, where=where, is_local=is_local, user_pp=user_pp, pp_layers=pp_layers,
-                             class_names=class_names, device=device)  # type: ignore[return-value]
+        ADAPTERS.names()  # imports every module of audit/models: each has added its model types
+        if mtype in MODEL_TYPE_LOADERS:
+            return MODEL_TYPE_LOADERS[mtype](spec, config, where=where, is_local=is_local, user_pp=user_pp,
+                                             pp_layers=pp_layers, class_names=class_names, device=device)
         if mtype not in _SUPPORTED:
             raise ModelLoadError(f"hf:{src}: model type {mtype!r} is not supported (supported: ViT, CLIP, "
-                                 f"{', '.join(HIER_TYPES)})")
+                                 f"{', '.join(sorted(MODEL_TYPE_LOADERS))})")
         model_cls = tf.ViTForImageClassification if mtype == "vit" else tf.CLIPModel
         ckpt_pp: dict[str, Any] | None = None
         if spec.checkpoint:

@@ -1,7 +1,8 @@
 """Hugging Face transformers Swin, ConvNeXt and DINOv2 (with or without registers).
 
 Not a family of its own: ``hf:DIR`` specs are read by :class:`audit.models.hf.HFAdapter.load`,
-which hands a config whose ``model_type`` is in :data:`HIER_TYPES` to :func:`load_hier`. The model
+which hands a config whose ``model_type`` is in :data:`HIER_TYPES` to :func:`load_hier` (this module
+adds them to ``hf.MODEL_TYPE_LOADERS`` when it is imported; the registry imports every module here). The model
 class follows the directory's ``config.architectures``: ``*ForImageClassification`` through
 ``AutoModelForImageClassification`` (a classifier), anything else through ``AutoModel`` (a feature
 model: ``encode_image`` works, ``logits`` asks for a probe head).
@@ -38,7 +39,13 @@ from audit.models.base import (
     with_guess_warning,
 )
 from audit.models.checkpoints import check_state_dict, load_checkpoint
-from audit.models.hf import _config_values, _import_transformers, hf_attention_patch, no_network_message
+from audit.models.hf import (
+    MODEL_TYPE_LOADERS,
+    _config_values,
+    _import_transformers,
+    hf_attention_patch,
+    no_network_message,
+)
 
 HIER_TYPES = ("swin", "convnext", "dinov2", "dinov2_with_registers")
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -287,3 +294,6 @@ class HFDinov2Adapter(HFHierAdapter):
         seq = out.last_hidden_state
         lay = self.token_layout(tuple(x.shape[-2:]))
         return torch.cat([seq[:, 0], lay.patch_tokens(seq, dim=1).mean(dim=1)], dim=1)  # (B, 2C)
+
+
+MODEL_TYPE_LOADERS.update(dict.fromkeys(HIER_TYPES, load_hier))

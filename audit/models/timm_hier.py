@@ -2,7 +2,8 @@
 
 Not a family of its own: ``timm:NAME`` specs are loaded by :class:`audit.models.timm_vit.TimmViTAdapter`,
 whose ``load`` hands the built model to the class :func:`hier_adapter_class` returns (same options,
-same strict checkpoint loading, same preprocessing from timm's data config).
+same strict checkpoint loading, same preprocessing from timm's data config); this module adds that
+picker to ``timm_vit.NON_VIT_ADAPTERS`` when it is imported (the registry imports every module here).
 
 What is particular to these models lives here:
 
@@ -24,7 +25,7 @@ from torch import nn
 
 from audit.errors import CaptureError, UsageError
 from audit.models.base import AttentionPatch, TokenLayout, Tower
-from audit.models.timm_vit import TimmViTAdapter
+from audit.models.timm_vit import NON_VIT_ADAPTERS, TimmViTAdapter
 
 #: gradient / perturbation methods that apply to models without attention maps
 NON_ATTENTION_METHODS = ("gradcam", "layer_gradcam", "ig", "gradient_shap", "saliency", "input_x_gradient",
@@ -132,3 +133,6 @@ def _check_grid(out: Any, layout: TokenLayout, *, channels_last: bool, spec: Any
     if len(shape) != 4 or tuple(hw) != tuple(layout.grid):
         want = "(B, H, W, C)" if channels_last else "(B, C, H, W)"
         raise CaptureError(f"{spec}: the Grad-CAM layer gave {shape}; expected {want} with H, W = {layout.grid}")
+
+
+NON_VIT_ADAPTERS.append(hier_adapter_class)

@@ -49,6 +49,9 @@ from audit.models.checkpoints import check_state_dict, load_checkpoint
 from audit.registry import ADAPTERS
 
 _ADAPTER_OPTIONS = ("class_names", "pretrained")
+#: pickers for timm models that are not ViTs (Swin, ConvNeXt), appended by the modules that know them
+#: (audit/models/timm_hier.py): each maps a built model to its Adapter class, or None
+NON_VIT_ADAPTERS: list[Any] = []
 _INTERP = {"bilinear", "bicubic", "nearest", "lanczos"}
 
 
@@ -145,9 +148,8 @@ class TimmViTAdapter(Adapter):
             except Exception as e:  # hub / network errors have many types
                 raise ModelLoadError(no_network_message(f"timm:{name}", e, f"timm:{name}")) from e
         model.eval().to(device)
-        from audit.models.timm_hier import hier_adapter_class  # Swin / ConvNeXt: not ViTs
-
-        adapter_cls = hier_adapter_class(model) or cls
+        ADAPTERS.names()  # imports every module of audit/models: each non-ViT picker has added itself
+        adapter_cls = next((c for c in (pick(model) for pick in NON_VIT_ADAPTERS) if c is not None), cls)
         if adapter_cls is cls:
             _check_supported(model, name)
         n_classes = int(getattr(model, "num_classes", 0) or 0)
