@@ -114,7 +114,7 @@ class HFAdapter(Adapter):
         "hf:openai/clip-vit-base-patch32",
         "hf:./my_saved_model_dir",
     )
-    description: ClassVar[str] = "Hugging Face transformers ViTForImageClassification / CLIPModel (extra 'hf')"
+    description: ClassVar[str] = "Hugging Face transformers ViT, CLIP, Swin, ConvNeXt, DINOv2 (extra 'hf')"
     input_size_hint: ClassVar[str] = "transformers ViT / CLIP accept any multiple of the patch size"
 
     def __init__(self, spec: ModelSpec, model: nn.Module, model_type: str, preprocess: Preprocess,
