@@ -411,6 +411,7 @@ def slice_rows(tables: Tables, alpha: float) -> list[dict[str, Any]]:
         out.append(row)
     return out
 
+
 def ablation_rows(tables: Tables, alpha: float) -> list[dict[str, Any]]:
     """Significant rows of table ``ablations`` (audit/components/): the top-k heads that carry an association
     test's effect size beyond k random heads of the same layers (Holm over the table). Rows that do not

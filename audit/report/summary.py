@@ -59,12 +59,14 @@ from audit.runs import Run, utc_now
 from audit.slices.stage import search_note
 
 __all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_MIN_GROUP_SIZE",
+    "INTERSECTION_SEP",
+    "SUMMARY_SCHEMA_VERSION",
     "AssociationRow",
     "AuditSummary",
     "ClipStats",
     "CompositionRow",
-    "DEFAULT_ALPHA",
-    "DEFAULT_MIN_GROUP_SIZE",
     "DisparityRow",
     "EmbeddingDistanceRow",
     "EmbeddingGroupRow",
@@ -76,7 +78,6 @@ __all__ = [
     "GalleryMap",
     "HarmfulDisparityRow",
     "HarmfulRateRow",
-    "INTERSECTION_SEP",
     "LinearProbeRow",
     "MMDRow",
     "Num",
@@ -84,7 +85,6 @@ __all__ = [
     "Provenance",
     "RegionMassRow",
     "RetrievalSkewRow",
-    "SUMMARY_SCHEMA_VERSION",
     "SanityRow",
     "ToolInfo",
     "VerdictRow",
