@@ -296,3 +296,16 @@ def test_hf_dinov2_classifier_embedding_is_what_its_head_reads(tmp_path: Path) -
         emb = a.encode_image(x)
         torch.testing.assert_close(a.model.classifier(emb), a.logits(x), rtol=1e-5, atol=1e-6)
     assert emb.shape == (2, 64)  # [CLS, mean of patches]
+
+
+def test_timm_swin_v2_is_dispatched_and_explained() -> None:
+    from audit.models.timm_hier import TimmSwinAdapter
+
+    torch.manual_seed(0)
+    a = load_model("timm:swinv2_tiny_window8_256", pretrained=False, img_size=32, embed_dim=16, depths=(1, 1),
+                   num_heads=(1, 2), window_size=4, num_classes=3)
+    assert type(a) is TimmSwinAdapter and a.token_layout().grid == (4, 4) and not a.attention_maps
+    x, cls = _x(2), [1, 2]
+    ref = _hand_gradcam(a, a.gradcam_layer(), x, cls, lambda t: t.permute(0, 3, 1, 2))
+    torch.testing.assert_close(explain(a, x, method="gradcam", target=ClassTarget(cls)).grid_maps, ref,
+                               rtol=1e-4, atol=1e-7)
