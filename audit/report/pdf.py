@@ -333,7 +333,8 @@ def render_pdf(summary: AuditSummary, path: str | os.PathLike[str], *, figures: 
                        "is more faithful; insertion AUC: higher is more faithful.", st["lead"]))
         for it, png in zip(g.items, gallery_images):
             block = [P(f"{it.kind.upper()}: {it.image_id} ({it.attribute} = {it.group}), label {it.label or 'none'}, "
-                       f"predicted {it.pred} (p = {fmt(it.score)})", st["body"]), _image(png, W, H * 0.3)]
+                       f"predicted {it.pred} (p = {fmt(it.score)})" + (f". Caveat: {it.caveat}" if it.caveat else ""),
+                       st["body"]), _image(png, W, H * 0.3)]
             block.append(_table(st, ["method", "deletion AUC", "insertion AUC"],
                                 [(m.method, fmt(m.deletion_auc), fmt(m.insertion_auc)) for m in it.maps],
                                 width=W * 0.5))

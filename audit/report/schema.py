@@ -385,6 +385,8 @@ class GalleryItem(_Model):
     pred: str
     score: Num
     maps: list[GalleryMap] = []
+    #: the attention maps of this image are dominated by high-norm artefact tokens (table artifact_images)
+    caveat: str = ""
 
 
 class Gallery(_Model):

@@ -291,6 +291,10 @@ def _gallery(run: Run, perf: list[PerformanceRow], disp: list[DisparityRow], gro
     if len(correct) < n_correct:
         correct = pd.concat([correct, correct_other.head(n_correct - len(correct))])
     faith = run.table("faithfulness") if run.has_table("faithfulness") else None
+    caveats: dict[int, str] = {}
+    if run.has_table("artifact_images"):
+        art = run.table("artifact_images")
+        caveats = {int(r): str(c) for r, c, a in zip(art["row_id"], art["caveat"], art["affected"]) if a and c}
     samples = run.table("samples").set_index("row_id")
     items = []
     for kind, df in (("error", errors), ("correct", correct)):
@@ -308,7 +312,7 @@ def _gallery(run: Run, perf: list[PerformanceRow], disp: list[DisparityRow], gro
                 row_id=rid, image_id=str(samples.loc[rid, "image_id"]) if "image_id" in samples.columns else str(rid),
                 path=str(samples.loc[rid, "path"]), kind=kind, attribute=attr, group=str(rec[attr]),
                 label=None if _clean(rec.get("label")) is None else str(rec["label"]), pred=str(rec["pred"]),
-                score=_clean(rec.get("score")), maps=maps))
+                score=_clean(rec.get("score")), maps=maps, caveat=caveats.get(rid, "")))
     return Gallery(attribute=attr, worst_group=group, reason=why, items=items)
 
 

@@ -17,9 +17,11 @@ from tests.unit.test_explain_artifacts import plant_artifact
 from .conftest import config_dict, make_dataset
 
 
-def _cfg(tmp_path: Path, model: dict | None = None, n: int = 16) -> dict:
+def _cfg(tmp_path: Path, model: dict | None = None, n: int = 16, min_group_size: int | None = None) -> dict:
     manifest = make_dataset(tmp_path / "data", n)
     cfg = config_dict(manifest, tmp_path / "run", batch_size=8)
+    if min_group_size is not None:  # 16 images: groups this small still get a worst group (and a gallery)
+        cfg["stats"]["min_group_size"] = min_group_size
     if model is not None:
         cfg["model"] = model
     cfg["explain"] = {"methods": ["rollout", "gradcam"], "max_images": min(n, 6), "faithfulness": True,
@@ -37,7 +39,7 @@ def _planted_run(tmp_path: Path, n: int = 16):
     save_state_dict(a.model, ckpt, preprocess=TINY_PP)
     model = {"spec": "timm:vit_tiny_patch16_224", "checkpoint": str(ckpt), "class_names": CLASS_NAMES,
              "options": {k: v for k, v in opts.items() if k != "pretrained"}}
-    return run_audit(parse_config(_cfg(tmp_path, model, n)))
+    return run_audit(parse_config(_cfg(tmp_path, model, n, min_group_size=2)))
 
 
 def test_run_with_planted_artifact_writes_tables_and_caveat(tmp_path: Path) -> None:
@@ -57,6 +59,13 @@ def test_run_with_planted_artifact_writes_tables_and_caveat(tmp_path: Path) -> N
     assert "artefact" not in v["gradcam"]
     lim = " ".join(run.meta["limitations"])
     assert "High-norm artefact tokens (Darcet et al. 2024) in 6 of 6 explained images" in lim
+    # the report's gallery panels carry each image's caveat (HTML, Markdown, PDF read the same field)
+    from audit.report.summary import build_summary
+
+    items = build_summary(run).gallery.items
+    assert items, "the planted run has a gallery"
+    caveat = dict(zip(per["row_id"], per["caveat"]))
+    assert all(it.caveat == caveat[it.row_id] and it.caveat for it in items)
 
 
 def test_run_on_plain_vit_has_no_artifacts(tmp_path: Path) -> None:
