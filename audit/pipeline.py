@@ -226,6 +226,9 @@ def run_audit(config: AuditConfig, *, progress: Progress | None = None, log: Cal
         from audit.analyses import check_clip_texts  # CLIP texts the tokenizer cannot tell apart: refused now
 
         check_clip_texts(config, adapter, group_columns=manifest.group_columns)
+        from audit.analyses import explain_methods  # an explicit method that does not apply: refused now
+
+        explain_methods(config, classifier)
         class_names = list(classifier.class_names or [])
         run = _open_or_create_run(config, adapter, manifest, df, device, class_names=class_names, log=log)
         run.meta["skipped"] = list(manifest.skipped)

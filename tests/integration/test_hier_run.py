@@ -54,6 +54,8 @@ def test_swin_run_with_explicit_rollout_is_refused(tmp_path: Path) -> None:
     cfg = _config(tmp_path, _swin_model(tmp_path), {"methods": ["gradcam", "rollout"]})
     with pytest.raises(UsageError, match=r"explain.methods: method 'rollout' does not apply.*use gradcam"):
         run_audit(parse_config(cfg))
+    # refused when the model is loaded, before the forward pass: no run directory was written
+    assert not (Path(cfg["run"]["output"]) / "run.json").exists()
 
 
 def test_hf_convnext_run_with_ig(tmp_path: Path) -> None:
