@@ -31,6 +31,13 @@ from audit.errors import ConfigError
 from audit.stats.rules import ALPHA, MIN_GROUP_SIZE
 
 
+def _columns_with_label(cls: Any, v: Any) -> Any:
+    """``columns`` without a ``label`` key read the label from a column named "label"."""
+    if isinstance(v, dict) and "label" not in v:
+        return {**v, "label": "label"}
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -93,12 +100,7 @@ class ProbeConfig(_Strict):
     allow_same_manifest: bool = Field(
         default=False, description="allow data.manifest as the training manifest (optimistic accuracy)")
 
-    @field_validator("columns", mode="before")
-    @classmethod
-    def _label_column_default(cls, v: Any) -> Any:
-        if isinstance(v, dict) and "label" not in v:
-            return {**v, "label": "label"}
-        return v
+    _label_column_default = field_validator("columns", mode="before")(_columns_with_label)
 
     @model_validator(mode="after")
     def _one_source(self) -> ProbeConfig:
@@ -160,12 +162,7 @@ class DataConfig(_Strict):
     missing_group: str | None = Field(default=None, description="name for a missing group value; default: error")
     limit: int | None = Field(default=None, ge=1, description="use only the first N rows")
 
-    @field_validator("columns", mode="before")
-    @classmethod
-    def _label_column_default(cls, v: Any) -> Any:
-        if isinstance(v, dict) and "label" not in v:
-            return {**v, "label": "label"}
-        return v
+    _label_column_default = field_validator("columns", mode="before")(_columns_with_label)
 
 
 class ExplainConfig(_Strict):

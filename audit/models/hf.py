@@ -100,6 +100,29 @@ def hf_attention_patch(module: nn.Module) -> AttentionPatch:
     return AttentionPatch(module=module, forward=forward, setup=setup, teardown=teardown)
 
 
+
+def load_weights(build: Any, model_cls: Any, *, spec: ModelSpec, where: str, is_local: bool,
+                 sd: dict[str, Any] | None) -> Any:
+    """The model with its weights, strictly: a local state dict ``sd`` into ``build()`` (a head that does
+    not fit names ``num_labels``), else ``model_cls.from_pretrained(where)`` (eager attention); without
+    network a hub name fails naming the local alternative."""
+    src = spec.name
+    if sd is not None:
+        model = build()
+        n_ckpt = sd["classifier.weight"].shape[0] if "classifier.weight" in sd else None
+        check_state_dict(model, sd, source=spec.checkpoint, spec=f"hf:{src}",
+                         head_keys=("classifier.weight", "classifier.bias"),
+                         head_hint=f"The checkpoint's head has {n_ckpt} classes: its config.json must say "
+                         f"num_labels={n_ckpt} (id2label with {n_ckpt} names).")
+        model.load_state_dict(sd, strict=True)
+        return model
+    try:
+        return model_cls.from_pretrained(where, attn_implementation="eager", local_files_only=is_local)
+    except OSError as e:
+        if is_local:
+            raise ModelLoadError(f"hf:{src}: cannot load the weights in {where}: {e}") from e
+        raise ModelLoadError(no_network_message(f"hf:{src}", e, "hf:LOCAL_DIR")) from e
+
 @ADAPTERS.register(
     "hf", kind="classifier or clip", attention=True, example="hf:google/vit-base-patch16-224",
     checkpoint_help="hf:DIR: a directory written by save_pretrained (config.json and weights); "
@@ -159,23 +182,11 @@ class HFAdapter(Adapter):
                                  f"{', '.join(sorted(MODEL_TYPE_LOADERS))})")
         model_cls = tf.ViTForImageClassification if mtype == "vit" else tf.CLIPModel
         ckpt_pp: dict[str, Any] | None = None
+        sd = None
         if spec.checkpoint:
             sd, ckpt_pp = load_checkpoint(spec.checkpoint)
             config._attn_implementation = "eager"
-            model = model_cls(config)
-            n_ckpt = sd["classifier.weight"].shape[0] if "classifier.weight" in sd else None
-            check_state_dict(model, sd, source=spec.checkpoint, spec=f"hf:{src}",
-                             head_keys=("classifier.weight", "classifier.bias"),
-                             head_hint=f"The checkpoint's head has {n_ckpt} classes; its config.json (num_labels/"
-                             "id2label) must say the same.")
-            model.load_state_dict(sd, strict=True)
-        else:
-            try:
-                model = model_cls.from_pretrained(where, attn_implementation="eager", local_files_only=is_local)
-            except OSError as e:
-                if is_local:
-                    raise ModelLoadError(f"hf:{src}: cannot load the weights in {local}: {e}") from e
-                raise ModelLoadError(no_network_message(f"hf:{src}", e, "hf:LOCAL_DIR")) from e
+        model = load_weights(lambda: model_cls(config), model_cls, spec=spec, where=where, is_local=is_local, sd=sd)
         model.eval().to(device)
         tokenizer = None
         if mtype == "clip":

@@ -38,13 +38,13 @@ from audit.models.base import (
     resolve_preprocess,
     with_guess_warning,
 )
-from audit.models.checkpoints import check_state_dict, load_checkpoint
+from audit.models.checkpoints import load_checkpoint
 from audit.models.hf import (
     MODEL_TYPE_LOADERS,
     _config_values,
     _import_transformers,
     hf_attention_patch,
-    no_network_message,
+    load_weights,
 )
 
 HIER_TYPES = ("swin", "convnext", "dinov2", "dinov2_with_registers")
@@ -65,22 +65,10 @@ def load_hier(spec: ModelSpec, config: Any, *, where: str, is_local: bool, user_
     auto = tf.AutoModelForImageClassification if classifier else tf.AutoModel
     config._attn_implementation = "eager"  # DINOv2: probabilities for capture (Swin: ignored)
     ckpt_pp: dict[str, Any] | None = None
+    sd = None
     if spec.checkpoint:
         sd, ckpt_pp = load_checkpoint(spec.checkpoint)
-        model = auto.from_config(config)
-        n_ckpt = sd["classifier.weight"].shape[0] if "classifier.weight" in sd else None
-        check_state_dict(model, sd, source=spec.checkpoint, spec=f"hf:{src}",
-                         head_keys=("classifier.weight", "classifier.bias"),
-                         head_hint=f"The checkpoint's head has {n_ckpt} classes: its config.json must say "
-                         f"num_labels={n_ckpt} (id2label with {n_ckpt} names).")
-        model.load_state_dict(sd, strict=True)
-    else:
-        try:
-            model = auto.from_pretrained(where, attn_implementation="eager", local_files_only=is_local)
-        except OSError as e:
-            if is_local:
-                raise ModelLoadError(f"hf:{src}: cannot load the weights in {where}: {e}") from e
-            raise ModelLoadError(no_network_message(f"hf:{src}", e, "hf:LOCAL_DIR")) from e
+    model = load_weights(lambda: auto.from_config(config), auto, spec=spec, where=where, is_local=is_local, sd=sd)
     model.eval().to(device)
     n_classes = int(getattr(config, "num_labels", 0)) if classifier else 0
     if classifier:
