@@ -132,8 +132,14 @@ def test_models_command_prints_example_and_methods(capsys: pytest.CaptureFixture
         example = ADAPTERS.meta(family)["example"]
         assert example.startswith(f"{family}:") and example in out
         assert ADAPTERS.meta(family)["attention"] is True
-    assert out.count("methods: ") == len(ADAPTERS.names())
-    assert "rollout" in out.split("methods: ")[1].splitlines()[0]
+    # every family lists the methods that apply: one "methods:" line, or one line per architecture group
+    # (timm and hf: ViTs with every method, Swin / ConvNeXt without the attention methods)
+    blocks = re.split(r"\n(?=\S)", out.split("\nA local checkpoint")[0])
+    assert [b.split()[0] for b in blocks] == ADAPTERS.names()
+    for b in blocks:
+        lines = [ln for ln in b.splitlines() if "gradcam" in ln]
+        assert lines and any("rollout" in ln and "do not apply" not in ln for ln in lines), b
+    assert "timm Swin (v1/v2): " in out and "(no attention maps: rollout, gae, attention do not apply)" in out
 
 
 def _registering_modules(package_dir: Path, call: str) -> set[str]:
