@@ -69,9 +69,13 @@ def run_components(ctx: Any) -> None:
             pred = clf._logits_from(torch.as_tensor(out, dtype=torch.float32)).argmax(1).numpy()
         return float((pred[known[idx]] == labels[idx][known[idx]]).mean())
 
-    from audit.slices.vocabulary import load_vocabulary
+    from audit.slices.vocabulary import load_vocabulary, usable_vocabulary
 
-    vocab = load_vocabulary(*cfg.vocabulary)
+    # concepts the tokenizer cannot read would name roles with <unk> text: left out, and said so
+    vocab, dropped = usable_vocabulary(ctx.adapter, load_vocabulary(*cfg.vocabulary), where="components.vocabulary")
+    if dropped:
+        ctx.notes.append(f"Component roles: {len(dropped)} vocabulary concept(s) left out because the tokenizer cannot "
+                         f"read them, e.g. {', '.join(repr(d) for d in dropped[:5])}.")
     texts = vocab.texts()
     vocab_emb = _text_embeddings(ctx.adapter, texts)
     st = ctx.config.stats
@@ -92,5 +96,6 @@ def run_components(ctx: Any) -> None:
     ctx.run.write_table("components", pd.concat(effects, ignore_index=True))
     ctx.run.write_table("ablations", adjust(pd.concat(ablations, ignore_index=True)))
     ctx.run.meta["components"] = {"layers": sorted(set(dec.layers)), "n_images": int(C.shape[0]),
-                                  "vocabulary": list(cfg.vocabulary), "correction": "holm"}
+                                  "vocabulary": list(cfg.vocabulary), "concepts_left_out": dropped,
+                                  "correction": "holm"}
     ctx.run.save_meta()

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from audit.slices.vocabulary import usable_vocabulary
+
 __all__ = ["run_slices", "search_note", "usable_vocabulary"]
 
 
@@ -110,41 +112,6 @@ def write_slice_tables(run: Any, slices: Any, members: Any, *, group_columns: li
 
 def _spec(adapter: Any) -> str:
     return f"{adapter.spec.family}:{adapter.spec.name}"
-
-
-def usable_vocabulary(adapter: Any, vocab: Any) -> tuple[Any, list[str]]:
-    """``vocab`` without the concepts ``adapter``'s tokenizer cannot read, and the concepts left out.
-
-    A concept is left out when its prompt has any unknown token (the text embedding of "a person with
-    <unk> hair" names nothing) or none at all, or tokenizes identically
-    to an earlier concept's prompt (the first of such a set is kept: the rest would get its score).
-
-    Raises:
-        UsageError: when no concept is left.
-    """
-    from audit.errors import UsageError
-    from audit.slices.vocabulary import Vocabulary
-
-    texts = vocab.texts()
-    try:
-        ids = adapter.text_tokens(texts)
-    except NotImplementedError:  # a family that cannot show its tokens: every concept is read as given
-        ids = [[i] for i in range(len(texts))]
-    unk = adapter.unknown_token_id
-    keep, seen = [], set()
-    for i, t in enumerate(ids):
-        key = tuple(t)
-        if not key or (unk is not None and unk in key) or key in seen:
-            continue
-        seen.add(key)
-        keep.append(i)
-    if not keep:
-        raise UsageError(f"slices.vocabulary: {_spec(adapter)}'s tokenizer cannot read any of the {len(texts)} "
-                         "concepts; give a vocabulary in words it knows (slices.vocabulary: [my_words.yaml])")
-    dropped = [vocab.concepts[i] for i in range(len(texts)) if i not in set(keep)]
-    kept = Vocabulary(tuple(vocab.concepts[i] for i in keep), tuple(vocab.categories[i] for i in keep),
-                      tuple(vocab.templates[i] for i in keep), vocab.names)
-    return kept, dropped
 
 
 def load_embedder(cfg: Any, *, device: str = "cpu") -> Any:

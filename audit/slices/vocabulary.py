@@ -28,14 +28,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from audit.errors import ConfigError
+from audit.errors import ConfigError, UsageError
 
-__all__ = ["DEFAULT_VOCABULARY", "Vocabulary", "load_vocabulary"]
+__all__ = ["DEFAULT_VOCABULARY", "Vocabulary", "load_vocabulary", "usable_vocabulary"]
 
 DEFAULT_VOCABULARY = "default"
 
@@ -174,3 +174,38 @@ def load_vocabulary(*sources: str | os.PathLike[str] | Vocabulary) -> Vocabulary
         out = v if out is None else out.merged(v)
     assert out is not None
     return out
+
+
+def usable_vocabulary(adapter: Any, vocab: Vocabulary, *,
+                      where: str = "slices.vocabulary") -> tuple[Vocabulary, list[str]]:
+    """``vocab`` without the concepts ``adapter``'s tokenizer cannot read, and the concepts left out.
+
+    A concept is left out when its prompt has any unknown token (the text embedding of "a person with
+    <unk> hair" names nothing) or none at all, or tokenizes identically to an earlier concept's prompt
+    (the first of such a set is kept: the rest would get its score). Used to name error slices and
+    the roles of model components; ``where`` is the config field named in the error.
+
+    Raises:
+        UsageError: when no concept is left.
+    """
+    texts = vocab.texts()
+    try:
+        ids = adapter.text_tokens(texts)
+    except NotImplementedError:  # a family that cannot show its tokens: every concept is read as given
+        ids = [[i] for i in range(len(texts))]
+    unk = adapter.unknown_token_id
+    keep, seen = [], set()
+    for i, t in enumerate(ids):
+        key = tuple(t)
+        if not key or (unk is not None and unk in key) or key in seen:
+            continue
+        seen.add(key)
+        keep.append(i)
+    if not keep:
+        model = f"{adapter.spec.family}:{adapter.spec.name}"
+        raise UsageError(f"{where}: {model}'s tokenizer cannot read any of the {len(texts)} "
+                         f"concepts; give a vocabulary in words it knows ({where}: [my_words.yaml])")
+    dropped = [vocab.concepts[i] for i in range(len(texts)) if i not in set(keep)]
+    kept = Vocabulary(tuple(vocab.concepts[i] for i in keep), tuple(vocab.categories[i] for i in keep),
+                      tuple(vocab.templates[i] for i in keep), vocab.names)
+    return kept, dropped
