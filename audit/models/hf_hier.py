@@ -153,6 +153,15 @@ class _NoAttention:
     def attention_patches(self, tower: Tower = "vision") -> list[AttentionPatch]:
         raise UsageError(f"{self.spec}: {self.attention_refusal}")
 
+    def token_layout(self, input_size: tuple[int, int] | None = None) -> TokenLayout:
+        """No prefix tokens, mean-pooled; the grid is the input size divided by the total stride."""
+        size = tuple(input_size) if input_size is not None else self.preprocess.size  # type: ignore[attr-defined]
+        r = self._reduction()  # type: ignore[attr-defined]
+        if not self.supports_input_size(size):  # type: ignore[attr-defined]
+            raise UsageError(f"{self.spec} does not accept input size {size}: {self.input_size_hint} "  # type: ignore[attr-defined]
+                             f"(total stride {r})")
+        return TokenLayout(prefix_kinds=(), pooled=None, grid=(size[0] // r, size[1] // r))
+
 
 class HFSwinAdapter(_NoAttention, HFHierAdapter):
     """transformers SwinModel / SwinForImageClassification."""
@@ -169,13 +178,6 @@ class HFSwinAdapter(_NoAttention, HFHierAdapter):
 
     def supports_input_size(self, size: tuple[int, int]) -> bool:
         return tuple(int(s) for s in size) == tuple(self._size())
-
-    def token_layout(self, input_size: tuple[int, int] | None = None) -> TokenLayout:
-        size = tuple(input_size) if input_size is not None else self.preprocess.size
-        if not self.supports_input_size(size):  # type: ignore[arg-type]
-            raise UsageError(f"{self.spec} does not accept input size {size}: {self.input_size_hint}")
-        r = self._reduction()
-        return TokenLayout(prefix_kinds=(), pooled=None, grid=(size[0] // r, size[1] // r))
 
     def vision_blocks(self) -> list[nn.Module]:
         return [b for stage in self.base.encoder.layers for b in stage.blocks]
@@ -209,14 +211,6 @@ class HFConvNeXtAdapter(_NoAttention, HFHierAdapter):
     def supports_input_size(self, size: tuple[int, int]) -> bool:
         r = self._reduction()
         return size[0] >= r and size[1] >= r and size[0] % r == 0 and size[1] % r == 0
-
-    def token_layout(self, input_size: tuple[int, int] | None = None) -> TokenLayout:
-        size = tuple(input_size) if input_size is not None else self.preprocess.size
-        if not self.supports_input_size(size):  # type: ignore[arg-type]
-            raise UsageError(f"{self.spec} does not accept input size {size}: {self.input_size_hint} "
-                             f"({self._reduction()})")
-        r = self._reduction()
-        return TokenLayout(prefix_kinds=(), pooled=None, grid=(size[0] // r, size[1] // r))
 
     def vision_blocks(self) -> list[nn.Module]:
         return [b for stage in self.base.encoder.stages for b in stage.layers]
