@@ -409,12 +409,9 @@ def _faith_summary(faith: Any, seed: int):
 
 
 def _text_embeddings(adapter: Any, texts: list[str]) -> np.ndarray:
-    import torch
+    from audit.models.zeroshot import text_embeddings
 
-    with torch.no_grad():
-        t = adapter.encode_text(adapter.tokenize(texts).to(adapter.device)).float()
-    t = torch.nn.functional.normalize(t, dim=-1)
-    return t.cpu().numpy()
+    return text_embeddings(adapter, texts)
 
 
 def _normed(a: np.ndarray) -> np.ndarray:

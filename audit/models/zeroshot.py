@@ -149,3 +149,11 @@ class ZeroShotHead(Adapter):
         d = super().describe()
         d.update({"zeroshot": {"prompts": self.prompts, "templates": self.templates}, "clip_kind": "clip"})
         return d
+
+
+def text_embeddings(adapter: Adapter, texts: Sequence[str]) -> Any:
+    """``(T, D)`` float32 numpy: unit-norm embeddings of ``texts`` with a CLIP adapter's text tower
+    (no gradient), as the run's CLIP analyses, slice names and component roles use them."""
+    with torch.no_grad():
+        t = adapter.encode_text(adapter.tokenize(list(texts)).to(adapter.device)).float()
+    return F.normalize(t, dim=-1).cpu().numpy()

@@ -65,6 +65,8 @@ def run_slices(ctx: Any) -> None:
         "n_components": sc.n_components, "n_boot": ctx.config.stats.n_boot, "alpha": ctx.config.stats.alpha,
         "seed": ctx.config.stats.seed if sc.seed is None else sc.seed,
     }
+    from audit.models.zeroshot import text_embeddings
+
     text_embed = (lambda texts: text_embeddings(text_adapter, texts)) if text_adapter is not None else None
     kw: dict[str, Any] = {}
     if describe is not None:
@@ -125,18 +127,6 @@ def load_embedder(cfg: Any, *, device: str = "cpu") -> Any:
         raise ConfigError(f"slices.embedder: {cfg.spec} is a {adapter.kind}, not a CLIP model; the embedder must "
                           "have a text tower to name slices (e.g. open_clip:ViT-B-32/laion2b_s34b_b79k)")
     return adapter
-
-
-def text_embeddings(adapter: Any, texts: list[str], *, batch: int = 256) -> np.ndarray:
-    """``(T, D)`` L2-normalised text embeddings of ``texts`` with ``adapter``'s text tower."""
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(texts), batch):
-            t = adapter.encode_text(adapter.tokenize(texts[i:i + batch]).to(adapter.device)).float()
-            out.append(torch.nn.functional.normalize(t, dim=-1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 def image_embeddings(adapter: Any, samples: Any, row_id: np.ndarray, *, batch_size: int, device: str) -> np.ndarray:
