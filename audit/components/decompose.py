@@ -79,7 +79,8 @@ def decompose(adapter, x: torch.Tensor, *, layers: int | None = None, view=None)
     """Decompose the output of ``adapter`` on images ``x`` ``(B, 3, H, W)`` into head and MLP contributions.
 
     Args:
-        adapter: a loaded adapter with ``residual_view()`` (timm ViT, open_clip, HF ViT / CLIP, ZeroShotHead).
+        adapter: a loaded adapter with ``residual_view()`` (timm ViT / DeiT / EVA / BEiT / DINOv2, open_clip,
+            HF ViT / CLIP / DINOv2 feature models, ZeroShotHead, ProbeAdapter).
         x: preprocessed images.
         layers: how many of the last blocks to decompose (default half the depth).
         view: a :class:`~audit.models.residual.ResidualView` already built (saves rebuilding it per batch).
@@ -148,7 +149,8 @@ def decompose(adapter, x: torch.Tensor, *, layers: int | None = None, view=None)
             heads = heads * b.attn_scale.float()
             bias = bias * b.attn_scale.float()
         rest = rest + bias
-        parts += [heads, mlp[li][:, None]]
+        m = mlp[li] * b.mlp_scale.float() if b.mlp_scale is not None else mlp[li]  # (B, C)
+        parts += [heads, m[:, None]]
         layer_ids += [li] * (b.n_heads + 1)
         head_ids += [*range(b.n_heads), -1]
     comps = torch.cat(parts, dim=1)  # (B, K, C)

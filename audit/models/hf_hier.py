@@ -14,7 +14,9 @@ What is particular to each lives here:
   sequence of the last stage's ``gh x gw`` positions (row-major), reshaped by :meth:`gradcam_grid`;
 * ConvNeXt: a CNN (no attention); the Grad-CAM layer is the last stage, ``(B, C, H, W)``;
 * DINOv2: a plain ViT: CLS (+ register tokens for ``dinov2_with_registers``), run with eager
-  attention so every attention method applies. The classifier reads ``[CLS, mean of patches]``.
+  attention so every attention method applies. The classifier reads ``[CLS, mean of patches]``. The
+  feature model has a residual view (head/MLP decomposition of the pooled CLS embedding); the
+  classifier does not (see :meth:`HFDinov2Adapter.residual_view`).
 
 Preprocessing, per key: the user's value > the checkpoint's record > ``preprocessor_config.json``
 > ImageNet mean/std and bicubic at the config's ``image_size`` (a guess, with a warning).
@@ -276,6 +278,52 @@ class HFDinov2Adapter(HFHierAdapter):
         seq = out.last_hidden_state
         lay = self.token_layout(tuple(x.shape[-2:]))
         return torch.cat([seq[:, 0], lay.patch_tokens(seq, dim=1).mean(dim=1)], dim=1)  # (B, 2C)
+
+    def residual_view(self) -> Any:
+        """The residual stream of the feature model (``Dinov2Model`` / ``Dinov2WithRegistersModel``): heads enter
+        the output projection (v5 ``attention.o_proj``; v4 ``attention.output.dense``), layer scales are the
+        ``layer_scale1`` / ``layer_scale2`` modules (``lambda1``; the MLP branch is ``layer_scale2``'s output), the
+        final ``layernorm`` normalises every token and the output is the pooled CLS embedding (``pooler_output``).
+
+        The classifier is refused: its head reads ``[CLS, mean of the patch tokens]`` after the per-token
+        ``layernorm``, and a mean of tokens each normalised by its own statistics is not the one linearised norm
+        the decomposition splits (give the feature model a probe head instead)."""
+        from audit.models.residual import BlockView, ResidualView, pre_hook_recorder
+
+        if self.has_head:
+            raise UsageError(
+                f"{self.spec}: the head/MLP decomposition does not support {type(self.model).__name__}: its classifier "
+                "reads [CLS, mean of the patch tokens] after the per-token layernorm, and the mean of tokens each "
+                "normalised by its own statistics cannot be split into per-head contributions through one linearised "
+                "norm; decompose the feature model (AutoModel, the pooled CLS embedding) with a probe head "
+                "(model.probe) instead"
+            )
+        blocks = []
+        n_heads = int(self.model.config.num_attention_heads)
+        for i, blk in enumerate(self.vision_blocks()):
+            att = blk.attention  # v5: Dinov2Attention with o_proj; v4: Dinov2Attention.output.dense
+            proj = att.o_proj if hasattr(att, "o_proj") else getattr(getattr(att, "output", None), "dense", None)
+            ls1, ls2 = getattr(blk, "layer_scale1", None), getattr(blk, "layer_scale2", None)
+            if not isinstance(proj, nn.Linear) or ls1 is None or ls2 is None:
+                raise UsageError(f"{self.spec}: layer {i} ({type(blk).__name__}) has no output projection and layer "
+                                 "scales where the decomposition expects them (attention.o_proj or "
+                                 "attention.output.dense, layer_scale1, layer_scale2)")
+            blocks.append(BlockView(block=blk, record_heads=pre_hook_recorder(proj), proj_weight=proj.weight,
+                                    proj_bias=proj.bias, attn_scale=_layer_scale(ls1, self.spec), n_heads=n_heads,
+                                    mlp_branch=ls2))
+        return ResidualView(blocks=blocks, layout=self.token_layout(), final_norm=self.base.layernorm,
+                            norm_after_pool=False, head_weight=None, head_bias=None, output="embedding",
+                            forward=self.encode_image)
+
+
+def _layer_scale(module: nn.Module, spec: Any) -> torch.Tensor | None:
+    """The scale of a transformers DINOv2 ``*LayerScale`` (``lambda1``), ``None`` for an identity."""
+    if isinstance(module, nn.Identity):
+        return None
+    lam = getattr(module, "lambda1", None)
+    if not isinstance(lam, torch.Tensor):
+        raise UsageError(f"{spec}: layer scale {type(module).__name__} has no lambda1; cannot decompose through it")
+    return lam
 
 
 MODEL_TYPE_LOADERS.update(dict.fromkeys(HIER_TYPES, load_hier))

@@ -42,8 +42,12 @@ class BlockView:
         proj_bias: its bias ``(C,)`` or ``None`` (apportioned to the residual term).
         attn_scale: the attention branch's layer scale ``(C,)`` or ``None``.
         n_heads: number of heads.
-        mlp_branch: the module whose output is exactly what the MLP branch adds to the stream
-            (layer scale included).
+        mlp_branch: the module whose output, times ``mlp_scale`` when given, is exactly what the MLP
+            branch adds to the stream (a layer-scale module such as timm ``ls2`` or transformers
+            ``layer_scale2`` is itself the branch, its scale included).
+        mlp_scale: the MLP branch's layer scale ``(C,)`` when it is a bare parameter multiplied
+            onto ``mlp_branch``'s output inside the block's forward (timm EVA / BEiT ``gamma_2``),
+            else ``None``.
     """
 
     block: nn.Module
@@ -53,6 +57,7 @@ class BlockView:
     attn_scale: torch.Tensor | None
     n_heads: int
     mlp_branch: nn.Module
+    mlp_scale: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

@@ -261,27 +261,52 @@ class TimmViTAdapter(Adapter):
         return emb, self.model.forward_head(feats)  # (B, C)
 
     def residual_view(self) -> Any:
-        """timm blocks: heads enter ``attn.proj``, layer scales ``ls1``/``ls2``, the MLP branch is ``ls2``'s
-        output; final norm ``norm`` (token pooling) or ``fc_norm`` (mean pooling); the head ``head``."""
-        from audit.models.residual import BlockView, ResidualView, pre_hook_recorder, scale_of
+        """timm blocks: heads enter ``attn.proj``; ViT / DeiT / DINOv2 blocks scale their branches with the
+        ``ls1`` / ``ls2`` modules (the MLP branch is ``ls2``'s output), EVA / EVA-02 and BEiT blocks with the bare
+        parameters ``gamma_1`` / ``gamma_2`` (the MLP branch is ``mlp``'s output times ``gamma_2``); final norm
+        ``norm`` (token pooling) or ``fc_norm`` (mean pooling); the head ``head``.
+
+        Refused (:class:`UsageError`): distilled and attention-pooled models, post-norm blocks, an inner norm on
+        the concatenated heads before ``attn.proj`` (EVA-02 ``scale_attn_inner``, ViT ``scale_attn_norm``: it
+        mixes the heads, so no per-head split is exact), and two norms or a per-token norm before mean pooling."""
+        from audit.models.residual import BlockView, ResidualView, pre_hook_recorder
 
         m = self.model
         if getattr(m, "dist_token", None) is not None or getattr(m, "attn_pool", None) is not None:
             raise UsageError(f"{self.spec}: distilled (two-head) and attention-pooled ViTs cannot be decomposed")
         blocks = []
         for i, blk in enumerate(m.blocks):
-            attn = blk.attn
-            if not isinstance(getattr(attn, "proj", None), nn.Linear) or not hasattr(blk, "ls2"):
-                raise UsageError(f"{self.spec}: block {i} ({type(blk).__name__}) is not a timm ViT block")
-            blocks.append(BlockView(block=blk, record_heads=pre_hook_recorder(attn.proj), proj_weight=attn.proj.weight,
-                                    proj_bias=attn.proj.bias, attn_scale=scale_of(blk.ls1),
-                                    n_heads=int(attn.num_heads), mlp_branch=blk.ls2))
+            attn = getattr(blk, "attn", None)
+            proj = getattr(attn, "proj", None)
+            if not isinstance(proj, nn.Linear):
+                raise UsageError(f"{self.spec}: block {i} ({type(blk).__name__}) is not a timm ViT block "
+                                 "(no attn.proj projection of the concatenated heads)")
+            inner = getattr(attn, "norm", None)
+            if inner is not None and not isinstance(inner, nn.Identity):
+                raise UsageError(
+                    f"{self.spec}: block {i} normalises the concatenated heads ({type(attn).__name__}.norm = "
+                    f"{type(inner).__name__}, e.g. EVA-02 scale_attn_inner / ViT scale_attn_norm) before attn.proj; "
+                    "that norm mixes the heads, so the output is not a sum of per-head contributions and the "
+                    "head/MLP decomposition would give wrong numbers"
+                )
+            attn_scale, mlp_branch, mlp_scale = _branch_scales(blk, spec=self.spec, index=i)
+            blocks.append(BlockView(block=blk, record_heads=pre_hook_recorder(proj), proj_weight=proj.weight,
+                                    proj_bias=proj.bias, attn_scale=attn_scale, n_heads=int(attn.num_heads),
+                                    mlp_branch=mlp_branch, mlp_scale=mlp_scale))
         lay = self.token_layout()
-        after = not isinstance(getattr(m, "fc_norm", nn.Identity()), nn.Identity)
-        norm = m.fc_norm if after else m.norm
+        fc_norm = getattr(m, "fc_norm", None)
+        tok_norm = getattr(m, "norm", None)
+        after = fc_norm is not None and not isinstance(fc_norm, nn.Identity)
+        if after and tok_norm is not None and not isinstance(tok_norm, nn.Identity):
+            raise UsageError(f"{self.spec}: the model normalises twice (norm on every token, then fc_norm on the "
+                             "pooled vector); the decomposition linearises one final norm only")
+        norm = fc_norm if after else (tok_norm if tok_norm is not None else nn.Identity())
+        # a mean-pooled model without fc_norm: fine when the token norm is an identity; a real per-token
+        # norm before the mean is refused by ResidualView (norm_after_pool=False with pooled=None)
+        norm_after_pool = after or (lay.pooled is None and isinstance(norm, nn.Identity))
         head = m.head if getattr(m, "num_classes", 0) else None
         fwd = self.logits if head is not None else self.encode_image
-        return ResidualView(blocks=blocks, layout=lay, final_norm=norm, norm_after_pool=after or lay.pooled is None,
+        return ResidualView(blocks=blocks, layout=lay, final_norm=norm, norm_after_pool=norm_after_pool,
                             head_weight=None if head is None else head.weight,
                             head_bias=None if head is None else head.bias,
                             output="logits" if head is not None else "embedding", forward=fwd)
@@ -312,6 +337,34 @@ def _flag_restorer(obj: Any, attr: str):
         setattr(obj, attr, old)
 
     return teardown
+
+
+def _branch_scales(blk: nn.Module, *, spec: Any, index: int) -> tuple[Any, nn.Module, Any]:
+    """``(attn_scale, mlp_branch, mlp_scale)`` of one pre-norm block (see :class:`audit.models.residual.BlockView`).
+
+    * timm ``vision_transformer.Block`` (ViT, DeiT, DINOv2, CLIP towers): ``LayerScale`` modules ``ls1`` / ``ls2``
+      (or identities); the MLP branch is ``ls2``'s output;
+    * EVA / EVA-02 ``EvaBlock`` and BEiT ``Block``: bare parameters ``gamma_1`` / ``gamma_2`` (or ``None``)
+      multiplied in the block's forward; the MLP branch is ``mlp``'s output times ``gamma_2``.
+    """
+    from timm.models.beit import Block as BeitBlock
+    from timm.models.eva import EvaBlock
+    from timm.models.vision_transformer import Block as VitBlock
+
+    from audit.models.residual import scale_of
+
+    if isinstance(blk, VitBlock) or (hasattr(blk, "ls1") and hasattr(blk, "ls2")):
+        return scale_of(blk.ls1), blk.ls2, None
+    if isinstance(blk, EvaBlock | BeitBlock):
+        g1, g2 = getattr(blk, "gamma_1", None), getattr(blk, "gamma_2", None)
+        for name, g in (("gamma_1", g1), ("gamma_2", g2)):
+            if g is not None and not isinstance(g, torch.Tensor):
+                raise UsageError(f"{spec}: block {index} has {name} of type {type(g).__name__}; expected a "
+                                 "layer-scale parameter or None")
+        return g1, blk.mlp, g2
+    raise UsageError(f"{spec}: block {index} is a {type(blk).__name__}; the head/MLP decomposition knows the "
+                     "pre-norm blocks of timm ViT / DeiT / DINOv2 (ls1/ls2), EVA / EVA-02 and BEiT (gamma_1/gamma_2) "
+                     "only (post-norm and parallel blocks do not add each branch to the stream unchanged)")
 
 
 def _head_keys(model: nn.Module) -> tuple[str, ...]:
