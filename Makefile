@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast setup browser lint clean bench
+.PHONY: demo test test-fast test-hf4 setup browser lint clean bench
 
 setup: $(STAMP)
 
@@ -29,6 +29,23 @@ demo: setup
 
 test: setup browser
 	$(BIN)/python -m pytest
+	$(MAKE) test-hf4
+
+# The HF adapters also support transformers v4 (module names differ from v5): their tests run again
+# with transformers 4.57 (and the tokenizers / huggingface_hub it needs) laid over the venv.
+HF4     := $(VENV)/hf4
+HF4_PKGS := transformers==4.57.3 tokenizers==0.22.1 huggingface_hub==0.36.0
+HF4_TESTS := tests/unit/test_models_hf.py tests/unit/test_models_hier.py tests/unit/test_vit_variants.py \
+	tests/unit/test_components_decompose.py tests/unit/test_components_variants.py tests/unit/test_probe.py \
+	tests/unit/test_preprocessing.py
+
+$(HF4)/.installed: | $(STAMP)
+	$(BIN)/pip install -q --no-deps --target $(HF4) $(HF4_PKGS)
+	touch $@
+
+test-hf4: setup $(HF4)/.installed
+	PYTHONPATH=$(HF4) $(BIN)/python -c "import transformers; assert transformers.__version__.startswith('4.'), transformers.__version__"
+	PYTHONPATH=$(HF4) $(BIN)/python -m pytest -q $(HF4_TESTS)
 
 # While developing: everything but the tests marked slow (simulations, notebooks, canary runs, bench smoke).
 # `make test` (and CI) always runs the whole suite.

@@ -165,6 +165,9 @@ class HFAdapter(Adapter):
         if not is_local and (src.startswith((".", "/", "~")) or local.exists()):
             raise ModelLoadError(f"hf:{src}: {local} is not a directory written by save_pretrained()")
         where = str(local) if is_local else src
+        if is_local and not (local / "config.json").is_file():  # transformers v4 would guess a type from the path
+            raise ModelLoadError(f"hf:{src}: no readable config.json in {local}; save the model with "
+                                 "save_pretrained() and point hf: at that directory")
         try:
             config = tf.AutoConfig.from_pretrained(where, local_files_only=is_local)
         except (OSError, ValueError) as e:
