@@ -51,8 +51,8 @@ def clip_model_cfg(vocab_size: int, context_length: int) -> dict[str, Any]:
             "image_size": 64,
             "patch_size": 16,
             "width": 64,
-            "layers": 3,
-            "head_width": 32,
+            "layers": 4,
+            "head_width": 8,
             "mlp_ratio": 2.0,
         },
         "text_cfg": {

@@ -106,7 +106,9 @@ def test_planted_biases_lead_the_ledger(canary_runs) -> None:
     kinds = set(zip(top["kind"], top["attribute"]))
     assert ("harmful_label", "background") in kinds and ("association", "background") in kinds
     harm = clip[(clip["kind"] == "harmful_label") & (clip["attribute"] == "background")].iloc[0]
-    assert harm["worst_group"] == W.concept_group and harm["gap"] > 0.3
+    # the 4-block CLIP (retrained 2026-12-02) gives a concept word to 15% of dotted images, never to others
+    assert harm["worst_group"] == W.concept_group and harm["gap"] > 0.1 and harm["significant"]
+    assert harm["best_value"] == 0.0
 
 
 def test_controls_have_no_significant_outcome_finding_for_the_ground(canary_runs) -> None:
