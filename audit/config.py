@@ -357,18 +357,31 @@ class SlicesConfig(_Strict):
 
 
 class ComponentsConfig(_Strict):
-    """Where a CLIP association finding is carried: head/MLP decomposition, mean-ablation effects,
-    top-k heads against random heads (audit/components/, docs/RUN_FORMAT.md "components")."""
+    """Where a finding is carried: head/MLP decomposition, mean-ablation effects, top-k heads against
+    random heads (audit/components/, docs/RUN_FORMAT.md "Components")."""
 
-    enabled: bool = Field(default=False, description="costs one more forward over the audit set (CLIP runs)")
-    findings: list[str] = Field(default_factory=list, description="clip.association test names; default: all")
+    enabled: bool = Field(default=False, description="costs one more forward over the audit set")
+    findings: list[str] = Field(
+        default_factory=list,
+        description="finding references (association:<test>, harmful_label:<attribute>, accuracy:<attribute>, "
+                    "tpr:<class>:<attribute>, retrieval:<query>:<attribute>, ...; audit/components/targets.py); "
+                    "default: every association test, then the significant performance and harmful-label findings")
+    max_findings: int = Field(default=3, ge=0, description="significant ledger findings taken when findings is empty")
     layers: int | None = Field(default=None, ge=1, description="last blocks decomposed; default half the depth")
     k: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], description="top-k head set sizes tested")
-    n_random: int = Field(default=200, ge=20, description="random head sets per k (all sets when fewer)")
+    n_random: int = Field(default=1000, ge=200, description="random head sets per k (all sets when fewer)")
     n_boot: int = Field(default=200, ge=20, description="bootstrap resamples of images per component effect")
-    n_roles: int = Field(default=5, ge=0, description="top components named in words (TextSpan)")
+    n_roles: int = Field(default=5, ge=0, description="top components named in words and mapped per group")
+    map_images: int = Field(default=64, ge=1, description="images per group averaged in a head's spatial map")
     vocabulary: list[str] = Field(default_factory=lambda: ["default"],
                                   description="\"default\" (the shipped concepts) and/or vocabulary YAML paths")
+
+    @field_validator("k")
+    @classmethod
+    def _k_positive(cls, v: list[int]) -> list[int]:
+        if not v or any(int(k) < 1 for k in v):
+            raise ValueError("components.k lists head set sizes, each at least 1")
+        return sorted({int(k) for k in v})
 
 
 class RunConfig(_Strict):

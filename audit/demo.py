@@ -39,6 +39,8 @@ def demo_config(name: str, manifest: Path, out: Path) -> dict[str, Any]:
         },
         "stats": {"n_boot": 1000, "n_perm": 1000, "seed": 0},
         "run": {"output": str(out / name), "overwrite": True, "batch_size": 64},
+        # where in the model the findings are carried: heads against random heads (audit/components/)
+        "components": {"enabled": True},
     }
     if name.startswith("vit"):  # a classifier has no text tower: the zoo CLIP names its error slices in words
         cfg["slices"] = {"embedder": {"spec": "zoo:clip-control"}}

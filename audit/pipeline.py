@@ -230,6 +230,10 @@ def run_audit(config: AuditConfig, *, progress: Progress | None = None, log: Cal
 
         explain_methods(config, classifier)
         class_names = list(classifier.class_names or [])
+        from audit.components.targets import check_references  # a finding the components stage cannot name
+
+        check_references(config, clip=adapter.kind == "clip", class_names=class_names,
+                         group_columns=manifest.group_columns)
         run = _open_or_create_run(config, adapter, manifest, df, device, class_names=class_names, log=log)
         run.meta["skipped"] = list(manifest.skipped)
     log(f"model {adapter.spec} ({adapter.kind}), {len(df)} images, output {run.path}")

@@ -413,9 +413,10 @@ def slice_rows(tables: Tables, alpha: float) -> list[dict[str, Any]]:
 
 
 def ablation_rows(tables: Tables, alpha: float) -> list[dict[str, Any]]:
-    """Significant rows of table ``ablations`` (audit/components/): the top-k heads that carry an association
-    test's effect size beyond k random heads of the same layers (Holm over the table). Rows that do not
-    beat random heads are not findings: nothing is said to live where random heads would do as well."""
+    """Significant rows of table ``ablations`` (audit/components/): the top-k heads that carry a finding
+    (an association's effect size, a harmful-label or group-metric gap, a retrieval skew) beyond k random
+    heads of the same layers (Holm over the table). Rows that do not beat random heads are not findings:
+    nothing is said to live where random heads would do as well."""
     a = tables.get("ablations")
     if a is None or a.empty:
         return []
@@ -426,21 +427,26 @@ def ablation_rows(tables: Tables, alpha: float) -> list[dict[str, Any]]:
             continue
         k = int(r["k"])
         corr = f"holm over the ablations (m={m})"
-        row = dict(kind="component", attribute="", metric="association_reduction", scope=f"test:{r['finding']}",
-                   family="topk_vs_random", worst_group=str(r["components"]), best_group=f"{k} random head(s)",
-                   worst_value=as_float(r.get("reduction")), best_value=as_float(r.get("random_mean")),
+        metric = str(r.get("metric") or "effect_size")
+        label = str(r.get("label") or f"association {r['finding']}")
+        unit = "effect" if metric in ("effect_size", "skew") else "rate"
+        what = {"effect_size": "d", "skew": "the skew"}.get(metric, "the gap")
+        row = dict(kind="component", attribute=str(r.get("attribute") or ""), metric=f"{metric}_reduction",
+                   scope=f"finding:{r['finding']}", family="topk_vs_random", worst_group=str(r["components"]),
+                   best_group=f"{k} random head(s)", worst_value=as_float(r.get("reduction")),
+                   best_value=as_float(r.get("random_mean")),
                    gap=as_float(r.get("reduction")) - as_float(r.get("random_mean")), ci_low=float("nan"),
                    ci_high=float("nan"), n_worst=r.get("n_test"), n_best=None, p_value=as_float(r.get("random_p")),
                    p_adj=as_float(r.get("p_adj")), correction=corr, significant=True, status="significant",
                    source="ablations")
         acc = ""
         if math.isfinite(as_float(r.get("accuracy_before"))):
-            acc = (f"; zero-shot accuracy {fmt(as_float(r['accuracy_before']))} before, "
+            acc = (f"; accuracy {fmt(as_float(r['accuracy_before']))} before, "
                    f"{fmt(as_float(r['accuracy_after']))} after")
         row["text"] = (
-            f"association {r['finding']} is carried by head(s) {r['components']}: mean-ablating them changes d from "
-            f"{fmt(as_float(r['before']), 'effect')} to {fmt(as_float(r['after']), 'effect')} on n={fmt_n(r.get('n_test'))} "
-            f"held-out images (|d| reduced by {fmt(row['worst_value'], 'effect')}, vs {fmt(row['best_value'], 'effect')} "
+            f"{label} is carried by head(s) {r['components']}: mean-ablating them changes {what} from "
+            f"{fmt(as_float(r['before']), unit)} to {fmt(as_float(r['after']), unit)} on n={fmt_n(r.get('n_test'))} "
+            f"held-out images (|{what}| reduced by {fmt(row['worst_value'], unit)}, vs {fmt(row['best_value'], unit)} "
             f"on average for {k} random head(s) of the same layers), p_adj = {fmt_p(row['p_adj'])}, "
             f"{verdict_phrase(True, 'significant', corr)}{acc}."
         )

@@ -102,16 +102,16 @@ class ZeroShotHead(Adapter):
 
     # -- classifier ------------------------------------------------------------------------
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self._logits_from(self.clip.encode_image(x))
+        return self.logits_from(self.clip.encode_image(x))
 
-    def _logits_from(self, emb: torch.Tensor) -> torch.Tensor:
+    def logits_from(self, emb: torch.Tensor) -> torch.Tensor:
         img = F.normalize(emb.float(), dim=-1)  # (B, D)
         return self.clip.logit_scale * img @ self.text_embeddings.to(img.device).T  # (B, C)
 
     def embed_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The image tower runs once: embedding (B, D) and zero-shot logits (B, C)."""
         emb = self.clip.encode_image(x)
-        return emb, self._logits_from(emb)
+        return emb, self.logits_from(emb)
 
     # -- forwarded to the CLIP adapter -----------------------------------------------------
     def token_layout(self, input_size: tuple[int, int] | None = None) -> TokenLayout:
