@@ -43,6 +43,8 @@ def sections(s: AuditSummary) -> list[tuple[str, str]]:
         out.append(("embeddings", "Embeddings"))
     if s.clip:
         out.append(("clip", "CLIP association, harmful labels, retrieval"))
+    if s.ablations or s.components:
+        out.append(("components", "Where a finding is carried (heads)"))
     out += [("explanations", "Explanation gallery"), ("faithfulness", "Faithfulness"), ("sanity", "Sanity check"),
             ("limitations", "Limitations"), ("per-class", "Appendix: per-class rates")]
     return out
@@ -55,7 +57,7 @@ def render_html(summary: AuditSummary, *, figures: Mapping[str, bytes], gallery_
     Args:
         summary: the run's summary (the only source of numbers).
         figures: name -> PNG bytes ("interval:<metric>", "forest", "faithfulness", "sanity",
-            "projection", "harmful").
+            "projection", "harmful", "slice_<id>", "components_<i>").
         gallery_images: PNG bytes per gallery item, in ``summary.gallery.items`` order.
         perf_figures: names in ``figures`` shown in the performance section, in order.
     """

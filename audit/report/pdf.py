@@ -48,13 +48,18 @@ def P(text: Any, style: Any, *, bullet: bool = False) -> Any:
 
 
 def _table(st: dict[str, Any], header: Sequence[str], rows: Sequence[Sequence[Any]], *, width: float,
-           col_frac: Sequence[float] | None = None, shaded: Sequence[bool] | None = None) -> Any:
+           col_frac: Sequence[float] | None = None, shaded: Sequence[bool] | None = None,
+           bold: Sequence[bool] | None = None) -> Any:
+    """A table of plain-text cells; ``shaded`` rows get a light background (small / sparse groups),
+    ``bold`` rows bold text (e.g. significant results)."""
     from reportlab.lib import colors
     from reportlab.platypus import Table, TableStyle
 
-    data = [[P(h, st["cellb"]) for h in header]] + [[P(c, st["cell"]) for c in r] for r in rows]
-    if col_frac is None:
-        widths = _auto_widths(st, header, rows, width)
+    strong = list(bold or []) + [False] * len(rows)
+    data = [[P(h, st["cellb"]) for h in header]] + [[P(c, st["cellb" if strong[i] else "cell"]) for c in r]
+                                                    for i, r in enumerate(rows)]
+    if col_frac is None:  # bold rows are measured in bold (wider), so that their numbers never wrap
+        widths = _auto_widths({**st, "cell": st["cellb"]} if any(strong) else st, header, rows, width)
     else:
         tot = sum(col_frac)
         widths = [width * f / tot for f in col_frac]
@@ -84,6 +89,7 @@ REPORT_DPI = 150  # the resolution report figures are rendered at (audit.report.
 
 
 PAD = 7.0  # a cell's left + right padding (3.5 + 3.5, set in _table)
+SLACK = 0.5  # a column is this much wider than its text: a word exactly as wide as the room may wrap
 NUMERIC = re.compile(r"[\[\]()0-9.,+\-e\s/na%]*")
 
 
@@ -104,8 +110,8 @@ def _auto_widths(st: dict[str, Any], header: Sequence[str], rows: Sequence[Seque
         return max(w(x, style) for x in (s.split() or [""]))
 
     cols = list(zip(*rows)) if rows else [() for _ in header]
-    natural = [max([w(h, head), *(w(c, cell) for c in col)]) + PAD for h, col in zip(header, cols)]
-    least = [max([longest_word(h, head), *(longest_word(c, cell) for c in col)]) + PAD
+    natural = [max([w(h, head), *(w(c, cell) for c in col)]) + PAD + SLACK for h, col in zip(header, cols)]
+    least = [max([longest_word(h, head), *(longest_word(c, cell) for c in col)]) + PAD + SLACK
              for h, col in zip(header, cols)]
     if sum(natural) <= width:
         return [n * width / sum(natural) for n in natural]
@@ -189,6 +195,51 @@ def _slices_section(s: AuditSummary, st: dict[str, Any], figures: Mapping[str, b
             out.append(KeepTogether([
                 P(f"Slice {r.slice_id}: its most typical members (label → prediction, ✗ = error)", st["note"]),
                 _image(figures[key], W, H * 0.18)]))
+    return out
+
+
+def _components_section(s: AuditSummary, st: dict[str, Any], figures: Mapping[str, bytes], W: float,
+                        H: float) -> list[Any]:
+    """Where a finding is carried (heads): what was done, then per finding its random-heads table
+    (significant rows in bold), its top components and the heads x layers figure."""
+    from reportlab.platypus import KeepTogether
+
+    carried = s.carried_findings()
+    if not carried:
+        return []
+    intro = s.components_intro()
+    out: list[Any] = [P("Where a finding is carried (heads)", st["h2"])]
+    out += [P(t, st["body"]) for t in intro[:-1]]
+    out.append(P(intro[-1] + " Significant rows are in bold.", st["note"]))
+    for f in carried:
+        k = f.num_kind
+        block: list[Any] = [P(f.label, st["h3"])]
+        sig = (f" {f.n_significant} of {len(f.ablations)} row(s) significant after Holm correction."
+               if f.ablations else "")
+        block.append(P(f"Finding {f.ref}; values: {f.value_text}.{sig}", st["lead"]))
+        if f.ablations:
+            block.append(_table(
+                st, ["k", "heads", "n", "before", "after", "reduction", "random heads (mean)", "random sets",
+                     "p_adj (Holm)", "accuracy before -> after", "result"],
+                [(r.k, r.components, fmt(r.n_test, "int"), fmt(r.before, k), fmt(r.after, k), fmt(r.reduction, k),
+                  fmt(r.random_mean, k), r.random_sets, fmt(r.p_adj, "p"),
+                  f"{fmt(r.accuracy_before)} -> {fmt(r.accuracy_after)}", r.result) for r in f.ablations],
+                width=W, bold=[r.significant for r in f.ablations]))
+        if f.components:
+            e = f.effect_kind
+            block.append(P("Top components: effect on the finding with its 95% bootstrap interval over n images",
+                           st["lead"]))
+            block.append(_table(st, ["rank", "component", "effect", "95% interval", "n", "roles"],
+                                [(c.rank, c.component, fmt(c.effect, e), fmt_ci(c.ci_low, c.ci_high, e),
+                                  fmt(c.n, "int"), c.roles or "not named") for c in f.components],
+                                width=W, col_frac=[0.5, 0.9, 0.8, 1.4, 0.6, 5.0]))
+        if f.figure in figures:
+            block.append(_image(figures[f.figure], W, H * 0.45))
+            block.append(P("Left: mean-ablation effect of every head (columns) and MLP (last column) of each "
+                           "decomposed layer (rows); outlined and numbered: the top components by rank. Right: where "
+                           "the top head's pooled token looks (mean attention per patch) in each compared group, on "
+                           "one shared scale.", st["note"]))
+        out.append(KeepTogether(block))
     return out
 
 
@@ -320,6 +371,7 @@ def render_pdf(summary: AuditSummary, path: str | os.PathLike[str], *, figures: 
                                  for r in c.retrieval_skew], width=W))
 
     story += _slices_section(s, st, figures, W, H)
+    story += _components_section(s, st, figures, W, H)
 
     story.append(PageBreak())
     story.append(P("Explanation gallery", st["h2"]))

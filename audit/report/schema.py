@@ -5,11 +5,13 @@ whenever a field changes meaning."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from audit.findings import metric_key
+from audit.findings import metric_key, metric_label
 from audit.stats.rules import ALPHA, MIN_GROUP_SIZE
 
 SUMMARY_SCHEMA_VERSION = 1
@@ -321,8 +323,24 @@ class RegionMassRow(_Model):
     small: bool
 
 
+#: finding metrics whose values are effect sizes (shown with fmt kind "effect"); every other metric is a rate
+EFFECT_METRICS = ("effect_size", "skew", "ndkl")
+#: how many of each finding's top components (table ``components``, by rank) the summary keeps
+TOP_COMPONENTS = 5
+
+
+def metric_num_kind(metric: str) -> Literal["effect", "rate"]:
+    """The :func:`audit.fmt.fmt` kind of a finding's values: ``"effect"`` for effect sizes and skews,
+    ``"rate"`` (the default) for rates and rate gaps."""
+    return "effect" if metric in EFFECT_METRICS else "rate"
+
+
 class AblationRow(_Model):
-    """Top-k heads mean-ablated together against k random heads of the same layers (table ``ablations``)."""
+    """Top-k heads mean-ablated together against k random heads of the same layers (table ``ablations``).
+
+    ``before`` / ``after`` are the finding's value on the test half (``metric``: an effect size d, a rate
+    gap ...); ``reduction`` = ``|before| - |after|``. The finding columns (``finding_kind`` ...
+    ``label``) are empty in runs written before they existed."""
 
     finding: str
     k: int
@@ -332,12 +350,84 @@ class AblationRow(_Model):
     after: Num
     reduction: Num
     random_mean: Num
+    random_q95: Num = None
     n_random: int
+    #: True: every k-set of the layers' heads was tried (``n_random`` = all of them)
+    exact: bool = False
     random_p: Num
     p_adj: Num
     significant: bool
     accuracy_before: Num = None
     accuracy_after: Num = None
+    finding_kind: str = ""
+    metric: str = ""
+    attribute: str = ""
+    #: the two compared groups, "a vs b" (b = "rest" / "target": every other image)
+    groups: str = ""
+    #: a sentence head for the reader, e.g. "recall (TPR) of class 'triangle' by background (dotted vs plain)"
+    label: str = ""
+
+    @property
+    def num_kind(self) -> Literal["effect", "rate"]:
+        return metric_num_kind(self.metric)
+
+    @property
+    def random_sets(self) -> str:
+        """How many random k-sets were compared: ``"16 (all)"`` when every k-set was tried."""
+        return f"{self.n_random} (all)" if self.exact else str(self.n_random)
+
+    @property
+    def result(self) -> str:
+        return "significant" if self.significant else "not significant"
+
+
+class ComponentRow(_Model):
+    """One of a finding's top components (table ``components``, rank <= :data:`TOP_COMPONENTS`): its
+    mean-ablation effect on the finding (positive: ablating it moves the finding towards 0)."""
+
+    finding: str
+    component: str
+    layer: int | None = None
+    #: -1 for an MLP
+    head: int | None = None
+    #: "head" or "mlp"
+    kind: str = ""
+    metric: str = ""
+    n: int
+    effect: Num
+    ci_low: Num
+    ci_high: Num
+    rank: int
+    #: the texts (CLIP: TextSpan over a vocabulary) or classes (classifier) explaining its contribution
+    roles: str = ""
+
+    @property
+    def num_kind(self) -> Literal["effect", "rate"]:
+        return metric_num_kind(self.metric)
+
+
+class ComponentFinding(_Model):
+    """A finding the components stage decomposed (run.json ``components.findings``)."""
+
+    ref: str
+    kind: str = ""
+    metric: str = ""
+    label: str = ""
+
+
+class ComponentsInfo(_Model):
+    """How the components stage ran (run.json ``components``)."""
+
+    layers: list[int] = []
+    n_images: int | None = None
+    #: the decomposed output: "embedding" (CLIP) or "logits" (classifier)
+    output: str = ""
+    #: where the roles come from: "vocabulary" (TextSpan), "classes" or "none"
+    roles_from: str = ""
+    n_random: int | None = None
+    correction: str = ""
+    findings: list[ComponentFinding] = []
+    notes: list[str] = []
 
 
 class SliceRow(_Model):
@@ -396,6 +486,109 @@ class Gallery(_Model):
     items: list[GalleryItem] = []
 
 
+OTHER_GROUPS = ("rest", "target")  # a compared "group" that means every other image
+OUTPUT_NAMES = {"embedding": "image embedding", "logits": "class logits"}
+ROLE_SOURCES = {
+    "vocabulary": "the vocabulary texts that best explain the component's contributions (TextSpan)",
+    "classes": "the classes whose logits the component moves most",
+}
+
+
+def _and(items: Sequence[Any]) -> str:
+    xs = [str(x) for x in items]
+    return xs[0] if len(xs) == 1 else ", ".join(xs[:-1]) + " and " + xs[-1] if xs else ""
+
+
+def components_intro(info: ComponentsInfo | None) -> list[str]:
+    """The section's opening sentences: what was done (one text for every report format)."""
+    i = info or ComponentsInfo()
+    out = OUTPUT_NAMES.get(i.output, "output")
+    where = f" ({'block' if len(i.layers) == 1 else 'blocks'} {_and(i.layers)})" if i.layers else ""
+    n = f", over {i.n_images} images" if i.n_images else ""
+    draws = f"otherwise {i.n_random} random draws" if i.n_random else "otherwise random draws"
+    verb = "are" if i.output == "logits" else "is"
+    text = [
+        (f"The model's {out} {verb} decomposed into the direct contributions of each attention head and MLP of "
+        f"its last layers{where}{n}. Each component is mean-ablated (its contribution replaced by its mean over "
+        "the images; later blocks are not re-run), and its effect is how much of the finding it carries "
+        "(positive: ablating it moves the finding towards 0), with a 95% bootstrap interval over images."),
+        ("The top-k heads are chosen on one random half of the images and ablated together on the other half, "
+        f"against k heads drawn at random from the same layers (every k-set when there are few, {draws}); the "
+        "p-values are Holm-corrected over every row of the tables below, all findings together. Only a "
+        "significant row says where a finding lives: a row that is not significant does not show that those "
+        "heads play no part."),
+    ]
+    roles = ROLE_SOURCES.get(i.roles_from)
+    text.append("In each finding's table, before / after: the finding on the held-out half without and with the k "
+                "heads ablated; reduction = |before| - |after|; random heads: the mean reduction of the random "
+                "k-sets; accuracy: the model's accuracy before and after the ablation."
+                + (f" Roles of the top components: {roles}." if roles else ""))
+    return text
+
+
+def _group_name(g: str) -> str:
+    return "all other images" if g in OTHER_GROUPS else g
+
+
+@dataclass
+class CarriedFinding:
+    """One decomposed finding as the reports show it (built by :meth:`AuditSummary.carried_findings`;
+    not part of audit.json, which holds its rows in ``ablations`` and ``components``)."""
+
+    ref: str
+    label: str
+    kind: str
+    metric: str
+    attribute: str
+    #: the two compared groups as stored ("dotted", "plain"); () when the run did not record them
+    groups: tuple[str, ...]
+    ablations: list[AblationRow] = field(default_factory=list)
+    components: list[ComponentRow] = field(default_factory=list)
+    #: its place in the section: the figure is ``figures["components_<index>"]``
+    index: int = 0
+
+    @property
+    def figure(self) -> str:
+        return f"components_{self.index}"
+
+    @property
+    def num_kind(self) -> Literal["effect", "rate"]:
+        """fmt kind of the finding's values (before, after, reduction, random heads)."""
+        return metric_num_kind(self.metric)
+
+    @property
+    def effect_kind(self) -> Literal["effect", "rate", "sig"]:
+        """fmt kind of the components' effects: the finding's own, or 3 significant digits when every
+        effect is below 0.01 (three decimals would show them all as 0.00x)."""
+        vals = [abs(v) for c in self.components for v in (c.effect, c.ci_low, c.ci_high) if v is not None]
+        if vals and max(vals) < 0.01:
+            return "sig"
+        return self.num_kind
+
+    @property
+    def n_significant(self) -> int:
+        return sum(bool(a.significant) for a in self.ablations)
+
+    @property
+    def value_text(self) -> str:
+        """What ``before`` / ``after`` measure, in words."""
+        a, b = (list(self.groups) + ["", ""])[:2]
+        if self.metric == "effect_size":
+            return f"image-EAT effect size d (X = {a}, Y = {b})" if a else "effect size d"
+        if self.metric == "skew":
+            return (f"retrieval skew of {a} (log of its share among the top k over its target share)" if a
+                    else "retrieval skew")
+        parts = self.ref.split(":")
+        scope = f"class:{parts[1]}" if self.kind == "performance" and len(parts) == 3 else "overall"
+        name = metric_label(self.metric, scope) if self.metric else "value"
+        return f"{name} in {a} minus in {_group_name(b)}" if a else name
+
+    @property
+    def group_names(self) -> list[str]:
+        """The compared groups for a reader ("rest" / "target" -> "all other images")."""
+        return [_group_name(g) for g in self.groups]
+
+
 class AuditSummary(_Model):
     """The content of audit.json (schema version 1)."""
 
@@ -417,6 +610,10 @@ class AuditSummary(_Model):
     slices_note: str = ""
     #: top-k heads against random heads (table ``ablations``; empty unless components.enabled)
     ablations: list[AblationRow] = []
+    #: each decomposed finding's top components by rank (table ``components``, at most TOP_COMPONENTS each)
+    components: list[ComponentRow] = []
+    #: how the components stage ran (None when the run has no component tables)
+    components_info: ComponentsInfo | None = None
     gallery: Gallery = Gallery()
     limitations: list[str] = []
     #: the findings ledger, ranked (the only source of every stated conclusion)
@@ -443,6 +640,34 @@ class AuditSummary(_Model):
         """method -> its one verdict ("better than random", "not distinguishable from random",
         "fails the sanity check"); methods without a verdicts table get none."""
         return {v.method: v.verdict for v in self.verdicts}
+
+    def components_intro(self) -> list[str]:
+        """The opening sentences of section "Where a finding is carried (heads)"."""
+        return components_intro(self.components_info)
+
+    def carried_findings(self) -> list[CarriedFinding]:
+        """The findings of section "Where a finding is carried (heads)", in the components stage's order
+        (run.json), each with its ablation rows and top components; empty without those tables."""
+        refs: list[str] = [f.ref for f in (self.components_info.findings if self.components_info else [])]
+        refs += [r.finding for r in self.ablations] + [c.finding for c in self.components]
+        info = {f.ref: f for f in (self.components_info.findings if self.components_info else [])}
+        out: list[CarriedFinding] = []
+        for ref in dict.fromkeys(refs):
+            abl = [a for a in self.ablations if a.finding == ref]
+            comp = sorted((c for c in self.components if c.finding == ref), key=lambda c: c.rank)
+            if not abl and not comp:
+                continue
+            first = abl[0] if abl else None
+            meta = info.get(ref)
+            label = (first.label if first else "") or (meta.label if meta else "") or ref
+            metric = (first.metric if first else "") or (meta.metric if meta else "") or \
+                (comp[0].metric if comp else "")
+            kind = (first.finding_kind if first else "") or (meta.kind if meta else "")
+            groups = tuple(g.strip() for g in first.groups.split(" vs ", 1)) if first and first.groups else ()
+            out.append(CarriedFinding(ref=ref, label=label, kind=kind, metric=metric,
+                                      attribute=first.attribute if first else "", groups=groups, ablations=abl,
+                                      components=comp, index=len(out)))
+        return out
 
     def methods_present(self) -> bool:
         """Whether the run stored explanation maps."""

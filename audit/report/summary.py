@@ -26,10 +26,15 @@ from audit.report.schema import (
     DEFAULT_MIN_GROUP_SIZE,
     INTERSECTION_SEP,
     SUMMARY_SCHEMA_VERSION,
+    TOP_COMPONENTS,
     AblationRow,
     AssociationRow,
     AuditSummary,
+    CarriedFinding,
     ClipStats,
+    ComponentFinding,
+    ComponentRow,
+    ComponentsInfo,
     CompositionRow,
     DisparityRow,
     EmbeddingDistanceRow,
@@ -63,9 +68,14 @@ __all__ = [
     "DEFAULT_MIN_GROUP_SIZE",
     "INTERSECTION_SEP",
     "SUMMARY_SCHEMA_VERSION",
+    "AblationRow",
     "AssociationRow",
     "AuditSummary",
+    "CarriedFinding",
     "ClipStats",
+    "ComponentFinding",
+    "ComponentRow",
+    "ComponentsInfo",
     "CompositionRow",
     "DisparityRow",
     "EmbeddingDistanceRow",
@@ -372,6 +382,24 @@ def _limitations(run: Run, s: AuditSummary) -> list[str]:
     return out
 
 
+def _components(run: Run, top: int = TOP_COMPONENTS) -> list[ComponentRow]:
+    """Each finding's top ``top`` components of table ``components`` (by rank)."""
+    return [r for r in _rows(run, "components", ComponentRow) if r.rank <= top]
+
+
+def _components_info(run: Run) -> ComponentsInfo | None:
+    """run.json ``components`` (None when the stage wrote no tables: skipped, or not run)."""
+    if not (run.has_table("components") or run.has_table("ablations")):
+        return None
+    meta = run.meta.get("components") or {}
+    fields = set(ComponentsInfo.model_fields) - {"findings"}
+    info = ComponentsInfo.model_validate({k: v for k, v in meta.items() if k in fields and v is not None})
+    info.findings = [ComponentFinding.model_validate({k: str(v) for k, v in f.items()
+                                                      if k in ComponentFinding.model_fields and v is not None})
+                     for f in meta.get("findings") or [] if isinstance(f, dict) and f.get("ref")]
+    return info
+
+
 def build_summary(run: Run) -> AuditSummary:
     """Collect everything the reports show from a finished run (no model is loaded).
 
@@ -412,6 +440,7 @@ def build_summary(run: Run) -> AuditSummary:
         gallery=_gallery(run, perf, disp, prov.group_columns),
         slices=_rows(run, "slices", SliceRow), slices_note=search_note(run.meta.get("slices")),
         ablations=_rows(run, "ablations", AblationRow),
+        components=_components(run), components_info=_components_info(run),
     )
     s.limitations = _limitations(run, s)
     ledger = run.findings()

@@ -96,6 +96,7 @@ def build_figures(summary: AuditSummary, run: Run) -> tuple[dict[str, bytes], li
                                                             xlabel="harmful-label rate"))
     if summary.slices:
         figs.update(_slice_strips(summary, run, png))
+    figs.update(_component_figures(summary, run, png))
     gallery: list[bytes] = []
     targets = _explained_targets(run)
     for it in summary.gallery.items:
@@ -140,6 +141,27 @@ def _slice_strips(summary: AuditSummary, run: Run, png: Any, *, max_slices: int 
                 caps.append(f"{p.get('label')} → {p.get('pred')}{mark}")
         if imgs:
             out[f"slice_{sl.slice_id}"] = png(image_strip(imgs, caps))
+    return out
+
+
+def _component_figures(summary: AuditSummary, run: Run, png: Any) -> dict[str, bytes]:
+    """``components_<i>`` per decomposed finding (:meth:`AuditSummary.carried_findings`): the heads x layers
+    heat map of effect (every component of table ``components``) and the top head's maps by group."""
+    from audit.report.schema import TOP_COMPONENTS
+    from audit.viz.components import components_figure
+
+    carried = summary.carried_findings()
+    if not carried or not run.has_table("components"):
+        return {}
+    comp = run.table("components")
+    maps = run.table("component_maps") if run.has_table("component_maps") else None
+    out: dict[str, bytes] = {}
+    for f in carried:
+        rows = comp[comp["finding"].astype(str) == f.ref]
+        if rows.empty:
+            continue
+        m = maps[maps["finding"].astype(str) == f.ref] if maps is not None and len(maps) else None
+        out[f.figure] = png(components_figure(rows, m, attribute=f.attribute, groups=f.groups, top=TOP_COMPONENTS))
     return out
 
 
