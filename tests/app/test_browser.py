@@ -18,8 +18,8 @@ import pytest
 from audit.runs import Run
 
 CHROMIUM = "/usr/bin/chromium"
-TITLES = ["Overview", "Explain", "Groups", "Slices", "Embeddings", "CLIP probe", "Compare"]
-H1 = {"Compare": "Compare runs", "Slices": "Error slices nobody labelled"}
+TITLES = ["Overview", "Explain", "Groups", "Slices", "Embeddings", "CLIP probe", "Compare", "Components"]
+H1 = {"Compare": "Compare runs", "Slices": "Error slices nobody labelled", "Components": "Where a finding is carried"}
 VIEWPORTS = [(1400, 1000), (1024, 768)]
 WIDE = 1400  # at this width every table fits the main column as well
 SHOT_HEIGHT = 2600  # Streamlit scrolls inside stMain: screenshots are taken with a tall viewport
