@@ -200,6 +200,67 @@ def _clip_tables(img: np.ndarray, text: np.ndarray, labels: pd.DataFrame, pred: 
     return out
 
 
+def _component_tables(img: np.ndarray, text: np.ndarray, labels: pd.DataFrame, pred: pd.DataFrame,
+                      bg_names: list[str], biased: bool, *, n_boot: int, seed: int,
+                      rng: np.random.Generator) -> tuple[dict[str, pd.DataFrame], dict]:
+    """``components`` / ``ablations`` / ``component_maps`` of an association (water vs plain images,
+    harmful vs neutral label texts), as audit.components.run computes them, from a synthetic
+    decomposition of the image embeddings: 2 blocks x 8 heads + MLPs; the harmful-label axes (where the
+    planted lean lives) are written by heads L3.H1, L3.H4, L2.H2 and L2.H6 (a quarter each), everything
+    else is spread over all components; rest + contributions = the embeddings."""
+    from audit.components.ablate import adjust, association_finding, component_effects, random_head_test
+    from audit.components.decompose import component_names
+    from audit.components.maps import MAP_COLUMNS
+    from audit.components.roles import component_roles, roles_text
+    from audit.components.run import COMPONENT_COLUMNS
+
+    n, d = img.shape
+    layers = [ly for ly in (2, 3) for _ in range(9)]
+    heads = [h for _ in (2, 3) for h in [*range(8), -1]]
+    names = component_names(layers, heads)
+    carriers = [names.index(c) for c in ("L3.H1", "L3.H4", "L2.H2", "L2.H6")]
+    harm_axes = d - len(labels) + np.flatnonzero(labels["kind"].eq("harmful").to_numpy())
+    C = np.repeat(img[:, None, :] / (2 * len(names)), len(names), axis=1) + rng.normal(0, 0.02, (n, len(names), d))
+    C[:, :, harm_axes] = rng.normal(0, 0.02, (n, len(names), len(harm_axes)))
+    for c in carriers:  # the harmful lean: a quarter from each carrier, so only all four together remove it
+        C[:, c, harm_axes] += 0.25 * img[:, harm_axes]
+    rest = img - C.sum(axis=1)
+    groups = pred["background"].astype(str).to_numpy()
+    a, b = bg_names[2], bg_names[0]
+    ref = "association:harmful vs neutral labels"
+    f = association_finding(ref, groups, a, b, text[labels["kind"].eq("harmful").to_numpy()],
+                            text[labels["kind"].eq("neutral").to_numpy()])
+    eff = component_effects(C, rest, f, names=names, layers=layers, heads=heads, n_boot=max(n_boot // 4, 20), seed=seed)
+    roles = component_roles(C, names, [names.index(c) for c in eff["component"].head(5)], text,
+                            labels["label"].tolist(), n_texts=3)  # TextSpan over the label texts
+    eff["roles"] = [roles_text(roles, c) for c in eff["component"]]
+    eff["kind"] = np.where(eff["head"] >= 0, "head", "mlp")
+    eff["finding_kind"], eff["metric"] = "association", "effect_size"
+    abl = random_head_test(C, rest, f, names=names, heads=heads, ks=(1, 2, 4, 8), n_random=1000, seed=seed)
+    label = f"association harmful vs neutral labels by background ({a} vs {b})"
+    for col, v in (("finding_kind", "association"), ("metric", "effect_size"), ("attribute", "background"),
+                   ("groups", f"{a} vs {b}"), ("label", label)):
+        abl[col] = v
+    maps = []  # attention of the pooled token: the carriers look at the centre (the object) on the planted ground
+    gh, gw = GRID
+    yy, xx = np.mgrid[0:gh, 0:gw]
+    centre = np.exp(-((yy - gh / 2 + 0.5) ** 2 + (xx - gw / 2 + 0.5) ** 2) / 6.0)
+    for c, ly, h in eff.loc[eff["head"] >= 0, ["component", "layer", "head"]].head(5).itertuples(index=False):
+        for g in (a, b):
+            logits = rng.normal(0, 0.3, size=(gh, gw)) + (2.0 * centre if biased and g == a and names.index(c) in carriers else 0)
+            w = np.exp(logits) / np.exp(logits).sum() * 0.8  # 20% on the CLS token
+            maps.append(pd.DataFrame({"finding": ref, "component": c, "layer": int(ly),
+                                      "head": int(h), "group": g, "n_images": 64, "row": yy.ravel(), "col": xx.ravel(),
+                                      "value": w.ravel(), "prefix_share": 0.2}))
+    tables = {"components": eff[COMPONENT_COLUMNS], "ablations": adjust(abl),
+              "component_maps": pd.concat(maps, ignore_index=True)[MAP_COLUMNS]}
+    meta = {"layers": [2, 3], "n_images": int(n), "output": "embedding",
+            "findings": [{"ref": ref, "kind": "association", "metric": "effect_size", "label": label}],
+            "roles_from": "vocabulary", "vocabulary": ["default"], "concepts_left_out": [], "n_random": 1000,
+            "correction": "holm over every finding and k", "notes": []}
+    return tables, meta
+
+
 # --------------------------------------------------------------------------- main entry
 def make_run(
     path: str | Path,
@@ -353,6 +414,11 @@ def make_run(
                                      rng=rng, **stats).items():
             run.write_table(name, df)
         run.meta["label_set"] = {"name": LABEL_SET, "source": "tests/run_factory.py", "n_labels": len(zs_labels)}
+        comp_tables, comp_meta = _component_tables(emb, text, zs_labels, pred, bg_names, biased, rng=rng, **{
+            k: v for k, v in stats.items() if k in ("n_boot", "seed")})
+        for name, df in comp_tables.items():
+            run.write_table(name, df)
+        run.meta["components"] = comp_meta
 
     spec = "zoo:clip-biased" if kind == "clip" else ("zoo:vit-biased" if biased else "zoo:vit-control")
     fp = hashlib.sha256(f"{spec}-{seed}".encode()).hexdigest()[:16]

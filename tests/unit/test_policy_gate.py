@@ -206,7 +206,7 @@ def test_example_policy_on_the_canaries(canary_runs) -> None:
     assert (verdicts["vit-control"].outcome != "fail").all()
     cb = verdicts["clip-biased"]
     harm = cb[(cb.rule == "max_harmful_label_rate") & (cb.attribute == "background")].iloc[0]
-    assert harm.outcome == "fail" and harm.group == "dotted" and harm.observed > 0.3
+    assert harm.outcome == "fail" and harm.group == "dotted" and harm.observed > 0.1  # 0.15 (docs/ZOO.md)
     cc = verdicts["clip-control"]
     assert set(cc[cc.outcome == "fail"].rule) == {"max_harmful_label_rate"}
     red = cc[(cc.rule == "max_harmful_label_rate") & (cc.attribute == "colour")].iloc[0]

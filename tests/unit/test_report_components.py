@@ -138,6 +138,10 @@ def test_old_ablations_tables_still_load(tmp_path) -> None:
     """A run written before the finding columns existed: defaults, and the reference as the label."""
     shutil.copytree(shared_run(kind="clip", biased=True).path, tmp_path / "run")
     run = Run.open(tmp_path / "run")
+    for t in ("components", "component_maps"):  # the factory's CLIP run has them; an old run had ablations only
+        run.table_path(t).unlink(missing_ok=True)
+    run.meta.pop("components", None)
+    run.save_meta()
     old = pd.DataFrame([_ablation("concept", 1, "L2.H1", before=2.0, after=1.4, p_adj=0.008, sig=True,
                                   exact=False, target=("",) * 5)])[ABLATION_COLUMNS]
     run.write_table("ablations", old)
@@ -235,7 +239,13 @@ def test_a_run_without_the_tables_has_no_section(tmp_path) -> None:
     from audit.report.markdown import render_markdown
     from audit.report.pdf import render_pdf
 
-    s = build_summary(shared_run(kind="clip", biased=True))
+    shutil.copytree(shared_run(kind="clip", biased=True).path, tmp_path / "run")
+    run = Run.open(tmp_path / "run")
+    for t in ("components", "ablations", "component_maps"):  # a CLIP run with components.enabled: false
+        run.table_path(t).unlink(missing_ok=True)
+    run.meta.pop("components", None)
+    run.save_meta()
+    s = build_summary(Run.open(run.path))
     assert s.ablations == [] and s.components == [] and s.components_info is None and s.carried_findings() == []
     s.gallery = Gallery()  # no gallery images are rendered here
     assert "components" not in [sid for sid, _ in sections(s)]
