@@ -254,8 +254,9 @@ st.caption(esc(f"Direct contribution of each attention head and MLP of {blocks} 
 
 # heat map (click a cell) and the component picker (the same choice without clicking)
 names = c["component"].astype(str).tolist()
-if st.session_state.get("co_pick") not in names:
-    st.session_state["co_pick"] = names[0]
+if st.session_state.get("co_pick") not in names:  # first the top head: heads have maps and are what is tested
+    heads_first = c.loc[c["kind"].astype(str) == "head", "component"].astype(str).tolist() if "kind" in c else []
+    st.session_state["co_pick"] = heads_first[0] if heads_first else names[0]
 gen = int(st.session_state.setdefault("co_heat_gen", 0))
 st.markdown(f"**Effect by layer and head** (red: ablating it moves {esc(the_sym)} towards 0; blue: away from 0; "
             "click a cell or pick the component below)")
