@@ -15,6 +15,7 @@ from typing import Any
 import jinja2
 
 from audit.findings import metric_label
+from audit.report.carried import carried_findings, components_intro
 from audit.report.summary import AuditSummary, fmt, fmt_ci, preprocessing_text
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -71,4 +72,5 @@ def render_html(summary: AuditSummary, *, figures: Mapping[str, bytes], gallery_
         s=summary, css=(TEMPLATES / "report.css").read_text(encoding="utf-8"),
         figures={k: b64(v) for k, v in figures.items()}, gallery_images=[b64(g) for g in gallery_images],
         perf_figures=perf_figures, sections=sections(summary), mmd_lookup=mmd_lookup, cmap=MAP_CMAP,
+        carried=carried_findings(summary), components_intro=components_intro(summary.components_info),
     )

@@ -14,6 +14,7 @@ from typing import Any
 import jinja2
 
 from audit.findings import metric_label
+from audit.report.carried import carried_findings, components_intro
 from audit.report.html import TEMPLATES
 from audit.report.summary import AuditSummary, fmt, fmt_ci, preprocessing_text
 
@@ -66,7 +67,8 @@ def render_markdown(summary: AuditSummary, *, figure_files: Mapping[str, str], g
     if summary.embeddings:
         mmd_lookup = {(m.attribute, m.group_a, m.group_b): m for m in summary.embeddings.mmd}
     return environment().get_template("report.md.j2").render(
-        s=summary, figures={k: MdSafe(v) for k, v in figure_files.items()},
+        s=summary, figures={k: MdSafe(v) for k, v in figure_files.items()}, carried=carried_findings(summary),
+        components_intro=components_intro(summary.components_info),
         gallery_files=[MdSafe(g) for g in gallery_files], perf_figures=perf_figures, mmd_lookup=mmd_lookup,
         cmap=MAP_CMAP,
     )

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from xml.sax.saxutils import escape
 
+from audit.report.carried import carried_findings, components_intro
 from audit.report.summary import AuditSummary, fmt, fmt_ci, preprocessing_text
 from audit.viz.maps import MAP_CMAP
 
@@ -204,10 +205,10 @@ def _components_section(s: AuditSummary, st: dict[str, Any], figures: Mapping[st
     (significant rows in bold), its top components and the heads x layers figure."""
     from reportlab.platypus import KeepTogether
 
-    carried = s.carried_findings()
+    carried = carried_findings(s)
     if not carried:
         return []
-    intro = s.components_intro()
+    intro = components_intro(s.components_info)
     out: list[Any] = [P("Where a finding is carried (heads)", st["h2"])]
     out += [P(t, st["body"]) for t in intro[:-1]]
     out.append(P(intro[-1] + " Significant rows are in bold.", st["note"]))

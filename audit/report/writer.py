@@ -10,6 +10,7 @@ from typing import Any, Literal
 import numpy as np
 
 from audit.errors import UsageError
+from audit.report.carried import carried_findings
 from audit.report.pdf import REPORT_DPI
 from audit.report.summary import INTERSECTION_SEP, AuditSummary, build_summary
 from audit.runs import Run, atomic_path, readable, write_bytes, write_json, write_text
@@ -145,12 +146,12 @@ def _slice_strips(summary: AuditSummary, run: Run, png: Any, *, max_slices: int 
 
 
 def _component_figures(summary: AuditSummary, run: Run, png: Any) -> dict[str, bytes]:
-    """``components_<i>`` per decomposed finding (:meth:`AuditSummary.carried_findings`): the heads x layers
+    """``components_<i>`` per decomposed finding (:func:`audit.report.carried.carried_findings`): the heads x layers
     heat map of effect (every component of table ``components``) and the top head's maps by group."""
     from audit.report.schema import TOP_COMPONENTS
     from audit.viz.components import components_figure
 
-    carried = summary.carried_findings()
+    carried = carried_findings(summary)
     if not carried or not run.has_table("components"):
         return {}
     comp = run.table("components")

@@ -16,6 +16,7 @@ from bs4 import BeautifulSoup
 from audit.components.ablate import ABLATION_COLUMNS
 from audit.fmt import fmt, fmt_ci
 from audit.report import build_summary, write_report
+from audit.report.carried import carried_findings
 from audit.report.schema import AblationRow, Gallery
 from audit.runs import Run
 from tests.run_factory import shared_run
@@ -125,7 +126,7 @@ def test_summary_keeps_the_new_columns_and_the_top_components(reports: dict) -> 
     assert info["layers"] == [2, 3] and info["roles_from"] == "vocabulary"
     assert [f["ref"] for f in info["findings"]] == [ASSOC, TPR]
     s = build_summary(reports["run"])
-    carried = s.carried_findings()
+    carried = carried_findings(s)
     assert [f.ref for f in carried] == [ASSOC, TPR] and [f.figure for f in carried] == ["components_0",
                                                                                        "components_1"]
     assert carried[0].num_kind == "effect" and carried[1].num_kind == "rate"
@@ -147,7 +148,7 @@ def test_old_ablations_tables_still_load(tmp_path) -> None:
     run.write_table("ablations", old)
     s = build_summary(run)
     assert s.ablations[0].label == "" and s.ablations[0].metric == "" and s.components == []
-    (f,) = s.carried_findings()
+    (f,) = carried_findings(s)
     assert f.label == "concept" and f.num_kind == "rate" and f.groups == ()
     from audit.report.markdown import render_markdown
 
@@ -246,7 +247,7 @@ def test_a_run_without_the_tables_has_no_section(tmp_path) -> None:
     run.meta.pop("components", None)
     run.save_meta()
     s = build_summary(Run.open(run.path))
-    assert s.ablations == [] and s.components == [] and s.components_info is None and s.carried_findings() == []
+    assert s.ablations == [] and s.components == [] and s.components_info is None and carried_findings(s) == []
     s.gallery = Gallery()  # no gallery images are rendered here
     assert "components" not in [sid for sid, _ in sections(s)]
     page = render_html(s, figures={}, gallery_images=[], perf_figures=[])
