@@ -91,7 +91,17 @@ def run_demo(*, out: Path = Path("runs/demo"), n_per_cell: int | None = None, re
             run = run_audit(cfg, progress=bar.update, log=bar.write)
         from audit.findings import format_findings
 
-        blocks.append(format_findings(run.findings(), name=run.name))
+        ledger = run.findings()
+        block = format_findings(ledger, name=run.name)
+        carried = ledger[ledger["kind"] == "component"]
+        if len(carried):  # where in the model: the smallest head set that beats random heads, per finding
+            first = carried.assign(k=carried["worst_group"].str.count(",") + 1).sort_values("k")
+            first = first.drop_duplicates("scope")
+            block += "".join(f"\n  where (finding {r}): {t}" for t, r in zip(first["text"], first["rank"]))
+        elif run.has_table("ablations"):
+            block += ("\n  where: no set of heads carries a decomposed finding beyond random heads of the same layers "
+                      "(tables components, ablations)")
+        blocks.append(block)
         if report:
             from audit.report import write_report
 
