@@ -96,7 +96,9 @@ def decompose(adapter, x: torch.Tensor, *, layers: int | None = None, view=None)
     def tokens_first(t: torch.Tensor) -> torch.Tensor:  # -> (B, N, C)
         return t.transpose(0, 1) if view.seq_first else t
 
-    def pool(t: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, C)
+    def pool(t: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, C); per-token views keep every token
+        if view.per_token:
+            return t.float()
         if lay.pooled is not None:
             return t[:, lay.pooled].float()
         return lay.patch_tokens(t, dim=1).float().mean(dim=1)
@@ -111,7 +113,7 @@ def decompose(adapter, x: torch.Tensor, *, layers: int | None = None, view=None)
 
     def on_norm(_m, args):
         t = args[0]
-        store["final"] = t.float() if view.norm_after_pool else pool(t)
+        store["final"] = t.float() if view.norm_after_pool else pool(t)  # per-token views: (B, N, C)
 
     with contextlib.ExitStack() as stack:
         hooks = [view.blocks[start].block.register_forward_pre_hook(on_start, with_kwargs=True),
@@ -136,6 +138,9 @@ def decompose(adapter, x: torch.Tensor, *, layers: int | None = None, view=None)
     if missing or "start" not in store or "final" not in store:
         raise UsageError(f"{adapter.spec}: the decomposition hooks did not fire for blocks {missing or '(start/norm)'}; "
                          "the model's forward does not go through the modules its residual_view names")
+    if view.per_token:
+        comps, rest, layer_ids, head_ids = _per_token_parts(view, store, z, mlp, start)
+        return _through_head(view, comps, rest, out, layer_ids, head_ids)
     rest = store["start"]  # (B, C)
     parts, layer_ids, head_ids = [], [], []
     for li in range(start, n):
@@ -163,6 +168,12 @@ def decompose(adapter, x: torch.Tensor, *, layers: int | None = None, view=None)
         rest = (rest - rest.mean(dim=-1, keepdim=True)) / std * wn
         if norm.bias is not None:
             rest = rest + norm.bias.float()
+    return _through_head(view, comps, rest, out, layer_ids, head_ids)
+
+
+def _through_head(view, comps: torch.Tensor, rest: torch.Tensor, out: torch.Tensor, layer_ids: list[int],
+                  head_ids: list[int]) -> Decomposition:
+    """Apply the (linear) head to the normed contributions ``(B, K, C)`` and rest ``(B, C)``."""
     if view.head_weight is not None:
         hw = view.head_weight.float()
         comps = comps @ hw.T
@@ -171,6 +182,52 @@ def decompose(adapter, x: torch.Tensor, *, layers: int | None = None, view=None)
         rest = rest + view.head_bias.float()
     return Decomposition(contributions=comps, rest=rest, output=out, layers=layer_ids, heads=head_ids,
                          kind=view.output)
+
+
+def _per_token_parts(view, store: dict[str, torch.Tensor], z: dict[int, torch.Tensor], mlp: dict[int, torch.Tensor],
+                     start: int) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]:
+    """Contributions and rest through a norm applied to every token before pooling (``view.token_pool``
+    ``"mean"`` or ``"pooled+mean"``): each token is linearised at its own mean and std, then the
+    normalised tokens are pooled as the head reads them. One head at a time, so memory stays ``(B, N, C)``.
+
+    Returns ``(comps (B, K, C'), rest (B, C'), layers, heads)`` with C' = C (mean) or 2C (pooled+mean).
+    """
+    lay = view.layout
+    norm = view.final_norm
+    final = store["final"]  # (B, N, C): the norm's input
+    ln = isinstance(norm, torch.nn.LayerNorm)
+    std = (final.var(dim=-1, unbiased=False, keepdim=True) + norm.eps).sqrt() if ln else None  # (B, N, 1)
+    wn = norm.weight.float() if ln and norm.weight is not None else 1.0
+
+    def normed(t: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> linearised norm, no bias
+        return (t - t.mean(dim=-1, keepdim=True)) / std * wn if ln else t
+
+    def pooled(t: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> what the head reads
+        mean = lay.patch_tokens(t, dim=1).mean(dim=1)
+        return mean if view.token_pool == "mean" else torch.cat([t[:, lay.pooled], mean], dim=-1)
+
+    rest = store["start"]  # (B, N, C)
+    parts, layer_ids, head_ids = [], [], []
+    for li in range(start, view.n_layers):
+        b = view.blocks[li]
+        c_out, c_in = b.proj_weight.shape
+        d = c_in // b.n_heads
+        w = b.proj_weight.float().view(c_out, b.n_heads, d)
+        zh = z[li].view(*z[li].shape[:2], b.n_heads, d)  # (B, N, H, d)
+        bias = b.proj_bias.float() if b.proj_bias is not None else torch.zeros(c_out, device=zh.device)
+        scale = b.attn_scale.float() if b.attn_scale is not None else None
+        for h in range(b.n_heads):
+            head = zh[:, :, h] @ w[:, h].T  # (B, N, C)
+            parts.append(pooled(normed(head * scale if scale is not None else head)))
+        rest = rest + (bias * scale if scale is not None else bias)
+        m = mlp[li] * b.mlp_scale.float() if b.mlp_scale is not None else mlp[li]
+        parts.append(pooled(normed(m)))
+        layer_ids += [li] * (b.n_heads + 1)
+        head_ids += [*range(b.n_heads), -1]
+    rest = normed(rest)
+    if ln and norm.bias is not None:
+        rest = rest + norm.bias.float()
+    return torch.stack(parts, dim=1), pooled(rest), layer_ids, head_ids
 
 
 def decompose_batches(adapter, batches: Iterable[torch.Tensor], *, layers: int | None = None) -> Decomposition:

@@ -280,24 +280,15 @@ class HFDinov2Adapter(HFHierAdapter):
         return torch.cat([seq[:, 0], lay.patch_tokens(seq, dim=1).mean(dim=1)], dim=1)  # (B, 2C)
 
     def residual_view(self) -> Any:
-        """The residual stream of the feature model (``Dinov2Model`` / ``Dinov2WithRegistersModel``): heads enter
-        the output projection (v5 ``attention.o_proj``; v4 ``attention.output.dense``), layer scales are the
-        ``layer_scale1`` / ``layer_scale2`` modules (``lambda1``; the MLP branch is ``layer_scale2``'s output), the
-        final ``layernorm`` normalises every token and the output is the pooled CLS embedding (``pooler_output``).
-
-        The classifier is refused: its head reads ``[CLS, mean of the patch tokens]`` after the per-token
-        ``layernorm``, and a mean of tokens each normalised by its own statistics is not the one linearised norm
-        the decomposition splits (give the feature model a probe head instead)."""
+        """The residual stream of DINOv2 (``Dinov2Model`` / ``Dinov2WithRegistersModel`` and their
+        ``...ForImageClassification``): heads enter the output projection (v5 ``attention.o_proj``; v4
+        ``attention.output.dense``), layer scales are the ``layer_scale1`` / ``layer_scale2`` modules (``lambda1``;
+        the MLP branch is ``layer_scale2``'s output), the final ``layernorm`` normalises every token. The feature
+        model's output is the pooled CLS embedding (``pooler_output``); the classifier's head reads
+        ``[CLS, mean of the patch tokens]`` of the normalised tokens (``token_pool="pooled+mean"``: each token is
+        linearised at its own statistics) and the output is its logits."""
         from audit.models.residual import BlockView, ResidualView, pre_hook_recorder
 
-        if self.has_head:
-            raise UsageError(
-                f"{self.spec}: the head/MLP decomposition does not support {type(self.model).__name__}: its classifier "
-                "reads [CLS, mean of the patch tokens] after the per-token layernorm, and the mean of tokens each "
-                "normalised by its own statistics cannot be split into per-head contributions through one linearised "
-                "norm; decompose the feature model (AutoModel, the pooled CLS embedding) with a probe head "
-                "(model.probe) instead"
-            )
         blocks = []
         n_heads = int(self.model.config.num_attention_heads)
         for i, blk in enumerate(self.vision_blocks()):
@@ -311,6 +302,11 @@ class HFDinov2Adapter(HFHierAdapter):
             blocks.append(BlockView(block=blk, record_heads=pre_hook_recorder(proj), proj_weight=proj.weight,
                                     proj_bias=proj.bias, attn_scale=_layer_scale(ls1, self.spec), n_heads=n_heads,
                                     mlp_branch=ls2))
+        if self.has_head:
+            head = self.model.classifier
+            return ResidualView(blocks=blocks, layout=self.token_layout(), final_norm=self.base.layernorm,
+                                norm_after_pool=False, head_weight=head.weight, head_bias=head.bias, output="logits",
+                                forward=self.logits, token_pool="pooled+mean")
         return ResidualView(blocks=blocks, layout=self.token_layout(), final_norm=self.base.layernorm,
                             norm_after_pool=False, head_weight=None, head_bias=None, output="embedding",
                             forward=self.encode_image)

@@ -75,6 +75,11 @@ class ResidualView:
         output: what the decomposition reconstructs: the image ``"embedding"`` (CLIP) or the ``"logits"``.
         forward: the model's own forward for that output, ``(B, 3, H, W) -> (B, D_out)``.
         seq_first: the blocks' tensors are ``(N, B, C)`` (open_clip without ``batch_first``).
+        token_pool: for a norm applied per token before pooling (``norm_after_pool`` False), which
+            normalised tokens the head reads: ``"pooled"`` (the pooled token only), ``"mean"`` (the mean of
+            the patch tokens) or ``"pooled+mean"`` (both, concatenated: transformers
+            ``Dinov2ForImageClassification``). For the last two every token is linearised at its own
+            statistics, so the decomposition keeps per-token contributions of the decomposed blocks.
     """
 
     blocks: list[BlockView]
@@ -86,11 +91,16 @@ class ResidualView:
     output: Literal["embedding", "logits"]
     forward: Callable[[torch.Tensor], torch.Tensor]
     seq_first: bool = False  # blocks read and write (N, B, C) instead of (B, N, C)
+    token_pool: Literal["pooled", "mean", "pooled+mean"] = "pooled"
 
     def __post_init__(self) -> None:
-        if self.layout.pooled is None and not self.norm_after_pool:
-            raise UsageError("the decomposition of a mean-pooled model needs its norm after pooling (e.g. timm "
-                             "fc_norm); this model normalises each token before pooling")
+        if self.token_pool != "pooled" and self.norm_after_pool:
+            raise UsageError(f"token_pool {self.token_pool!r} is for a norm applied per token before pooling")
+        if self.token_pool == "pooled" and self.layout.pooled is None and not self.norm_after_pool:
+            raise UsageError("the decomposition of a mean-pooled model that normalises each token before pooling "
+                             "needs token_pool='mean' in its residual view")
+        if self.token_pool == "pooled+mean" and self.layout.pooled is None:
+            raise UsageError("token_pool 'pooled+mean' needs a pooled token")
         if not isinstance(self.final_norm, nn.LayerNorm | nn.Identity):
             raise UsageError(f"the final norm is {type(self.final_norm).__name__}; the decomposition linearises "
                              "a LayerNorm (or none) only")
@@ -98,6 +108,11 @@ class ResidualView:
     @property
     def n_layers(self) -> int:
         return len(self.blocks)
+
+    @property
+    def per_token(self) -> bool:
+        """Whether every token is normalised at its own statistics before several are pooled."""
+        return self.token_pool != "pooled"
 
 
 def scale_of(module: nn.Module | None) -> torch.Tensor | None:

@@ -301,15 +301,15 @@ class TimmViTAdapter(Adapter):
             raise UsageError(f"{self.spec}: the model normalises twice (norm on every token, then fc_norm on the "
                              "pooled vector); the decomposition linearises one final norm only")
         norm = fc_norm if after else (tok_norm if tok_norm is not None else nn.Identity())
-        # a mean-pooled model without fc_norm: fine when the token norm is an identity; a real per-token
-        # norm before the mean is refused by ResidualView (norm_after_pool=False with pooled=None)
+        # a mean-pooled model without fc_norm: the per-token norm is linearised token by token before the mean
         norm_after_pool = after or (lay.pooled is None and isinstance(norm, nn.Identity))
         head = m.head if getattr(m, "num_classes", 0) else None
         fwd = self.logits if head is not None else self.encode_image
         return ResidualView(blocks=blocks, layout=lay, final_norm=norm, norm_after_pool=norm_after_pool,
                             head_weight=None if head is None else head.weight,
                             head_bias=None if head is None else head.bias,
-                            output="logits" if head is not None else "embedding", forward=fwd)
+                            output="logits" if head is not None else "embedding", forward=fwd,
+                            token_pool="mean" if lay.pooled is None and not norm_after_pool else "pooled")
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -47,6 +47,11 @@ def _tiny_eva02(**kw) -> object:
     return _full_head(adapter)
 
 
+def _tiny_vit(**kw) -> object:
+    torch.manual_seed(0)
+    return load_model("timm:vit_tiny_patch16_224", class_names=CLASS_NAMES, **{**TINY_VIT, **kw})
+
+
 FACTORIES = {
     "eva02": lambda tmp: _full_head(tiny_vit_variant("eva02", tmp)),  # EvaAttention + rope, packed SwiGLU, no scale
     "eva02_ls": lambda tmp: _tiny_eva02(init_values=0.1, scale_mlp=True),  # gamma_1/gamma_2, SwiGLU with norm
@@ -55,9 +60,14 @@ FACTORIES = {
     "dinov2_reg": lambda tmp: tiny_vit_variant("dinov2_reg", tmp),  # CLS + 4 registers, LayerScale ls1/ls2
     "hf_dinov2": lambda tmp: tiny_hf_hier("dinov2", tmp, head=False),  # layer_scale1/2 (lambda1), pooled CLS
     "hf_dinov2_reg": lambda tmp: tiny_hf_hier("dinov2_reg", tmp, head=False),
+    # per-token norm before pooling (token_pool): each token linearised at its own statistics
+    "hfcls_dinov2": lambda tmp: tiny_hf_hier("dinov2", tmp),  # classifier: [CLS, mean of patches] -> logits
+    "hfcls_dinov2_reg": lambda tmp: tiny_hf_hier("dinov2_reg", tmp),
+    "timm_avg_token_norm": lambda tmp: _tiny_vit(class_token=False, global_pool="avg", fc_norm=False),
 }
 #: the models whose blocks scale their branches (each scale randomised by the builders)
-SCALED = {"eva02_ls", "eva02_rope_ls", "beit", "dinov2_reg", "hf_dinov2", "hf_dinov2_reg"}
+SCALED = {"eva02_ls", "eva02_rope_ls", "beit", "dinov2_reg", "hf_dinov2", "hf_dinov2_reg", "hfcls_dinov2",
+          "hfcls_dinov2_reg"}
 
 
 @pytest.fixture(scope="module", params=sorted(FACTORIES))
@@ -103,7 +113,7 @@ def test_the_layer_scales_are_in_the_view_and_needed(scaled_model) -> None:
     name, adapter = scaled_model
     view = adapter.residual_view()
     scales = [s for b in view.blocks for s in (b.attn_scale, b.mlp_scale) if s is not None]
-    if name.startswith("hf_") or name == "dinov2_reg":  # scale modules: the MLP branch is the scale's output
+    if name.startswith(("hf_", "hfcls_")) or name == "dinov2_reg":  # scale modules: the MLP branch is the scale's output
         assert all(b.mlp_scale is None for b in view.blocks)
         assert len(scales) == view.n_layers
     else:  # bare gamma_1 / gamma_2 parameters
@@ -151,7 +161,6 @@ def test_eva_variants_that_are_not_a_sum_of_heads_are_refused(opts, match) -> No
 
 @pytest.mark.parametrize(("opts", "match"), [
     ({"scale_attn_norm": True}, r"normalises the concatenated heads"),
-    ({"class_token": False, "global_pool": "avg", "fc_norm": False}, r"mean-pooled model needs its norm after pooling"),
 ])
 def test_vit_variants_that_are_not_a_sum_of_heads_are_refused(opts, match) -> None:
     torch.manual_seed(0)
@@ -160,12 +169,18 @@ def test_vit_variants_that_are_not_a_sum_of_heads_are_refused(opts, match) -> No
         adapter.residual_view()
 
 
-@pytest.mark.parametrize("kind", ["dinov2", "dinov2_reg"])
-def test_hf_dinov2_classifier_is_refused_with_the_reason(kind, tmp_path: Path) -> None:
-    adapter = tiny_hf_hier(kind, tmp_path)  # ForImageClassification: reads [CLS, mean of patches]
-    with pytest.raises(UsageError, match=r"ForImageClassification.*mean of the patch tokens.*probe") as e:
-        adapter.residual_view()
-    assert str(tmp_path) in str(e.value)
+@pytest.mark.parametrize("name", ["hfcls_dinov2", "hfcls_dinov2_reg", "timm_avg_token_norm"])
+def test_a_norm_per_token_before_pooling_is_linearised_token_by_token(name, tmp_path: Path) -> None:
+    """One linearised norm at the pooled vector's statistics would be wrong here (the mean of tokens each
+    divided by its own std is not the mean divided by one std): the view says token_pool, and the
+    per-token linearisation reconstructs the output (the reconstruction tests above run these models too)."""
+    adapter = FACTORIES[name](tmp_path)
+    view = adapter.residual_view()
+    assert view.per_token and view.token_pool == ("pooled+mean" if name.startswith("hfcls_") else "mean")
+    x = _x(adapter)
+    assert relative_error(decompose(adapter, x, view=view)) < 1e-4
+    if view.token_pool == "pooled+mean":  # the head reads 2C: CLS and the patch mean
+        assert view.head_weight.shape[1] == 2 * view.blocks[0].proj_weight.shape[0]
 
 
 def test_views_leave_no_hooks_behind(model) -> None:
