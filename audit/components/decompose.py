@@ -80,7 +80,7 @@ def decompose(adapter, x: torch.Tensor, *, layers: int | None = None, view=None)
 
     Args:
         adapter: a loaded adapter with ``residual_view()`` (timm ViT / DeiT / EVA / BEiT / DINOv2, open_clip,
-            HF ViT / CLIP / DINOv2 feature models, ZeroShotHead, ProbeAdapter).
+            HF ViT / CLIP / DINOv2, ZeroShotHead, ProbeAdapter).
         x: preprocessed images.
         layers: how many of the last blocks to decompose (default half the depth).
         view: a :class:`~audit.models.residual.ResidualView` already built (saves rebuilding it per batch).

@@ -282,8 +282,8 @@ class Adapter(ABC):
         from audit.errors import UsageError
 
         raise UsageError(f"{self.spec} ({self.family}): the head/MLP decomposition does not support this family; "
-                         "use a timm ViT (incl. DeiT, EVA / EVA-02, BEiT, DINOv2), an open_clip CLIP, a "
-                         "transformers ViT / CLIP or a DINOv2 feature model (with model.probe for classes)")
+                         "use a timm ViT (incl. DeiT, EVA / EVA-02, BEiT, DINOv2), an open_clip CLIP or a "
+                         "transformers ViT / CLIP / DINOv2")
 
     # -- text tower (CLIP only) ------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
