@@ -88,7 +88,7 @@ def run_components(ctx: Any) -> None:
         return
     clip = getattr(ctx.adapter, "kind", None) == "clip"
     to_logits = _to_logits(ctx, view.output)
-    targets, notes = resolve_targets(ctx, output=view.output, to_logits=to_logits,
+    targets, notes = resolve_targets(ctx, to_logits=to_logits,
                                      text_embeddings=lambda texts: text_embeddings(ctx.adapter, list(texts)))
     ctx.notes.extend(notes)
     if not targets:

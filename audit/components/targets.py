@@ -108,28 +108,13 @@ def _retrieval_spec(name: str, values: np.ndarray, group: str, query: np.ndarray
 
     def evaluate(out: np.ndarray, rows: np.ndarray) -> float:
         o = out / np.linalg.norm(out, axis=1, keepdims=True).clip(min=1e-12)
-        kk = max(1, int(round(k * len(rows) / n_total)))
+        kk = max(1, round(k * len(rows) / n_total))
         top = np.argsort(-(o @ q), kind="stable")[:kk]
         share = float((values[rows][top] == group).mean())
         tgt = float((values[rows] == group).mean()) if target == "dataset" else 1.0 / n_groups
         return float(math.log(max(share, 1.0 / kk) / max(tgt, 1e-12)))
 
     return FindingSpec(name=name, kind="retrieval_skew", evaluate=evaluate)
-
-
-def _ledger(ctx: Any) -> pd.DataFrame:
-    from audit.findings import SOURCE_TABLES, build_findings
-
-    tables = {t: ctx.run.table(t) for t in SOURCE_TABLES if ctx.run.has_table(t)}
-    st = ctx.config.stats
-    return build_findings(tables, alpha=st.alpha, min_group_size=st.min_group_size)
-
-
-def _class_index(ctx: Any, cls: str, ref: str) -> int:
-    if cls not in ctx.class_names:
-        raise ConfigError(f"components.findings {ref!r}: class {cls!r} is not one of the run's classes "
-                          f"{list(ctx.class_names)[:12]}")
-    return list(ctx.class_names).index(cls)
 
 
 class NotInLedger(ConfigError):
@@ -208,13 +193,12 @@ def check_references(config: Any, *, clip: bool, class_names: Sequence[str], gro
                 raise ConfigError(f"{where}: class {parts[1]!r} is not one of the run's classes {list(class_names)[:12]}")
 
 
-def resolve_targets(ctx: Any, *, output: str, to_logits: Callable[[np.ndarray], np.ndarray] | None,
+def resolve_targets(ctx: Any, *, to_logits: Callable[[np.ndarray], np.ndarray] | None,
                     text_embeddings: Callable[[Sequence[str]], np.ndarray]) -> tuple[list[Target], list[str]]:
     """The targets of this run's ``components`` stage and the notes on findings left out.
 
     Args:
         ctx: the pipeline context (config, run with the tables written so far, predictions, class names).
-        output: the decomposition's output, ``"embedding"`` (CLIP) or ``"logits"``.
         to_logits: outputs -> class logits (the classifier head, or zero-shot over the class prompts);
             ``None`` when the run has no classes.
         text_embeddings: texts -> normalised text embeddings (CLIP runs).
@@ -222,11 +206,15 @@ def resolve_targets(ctx: Any, *, output: str, to_logits: Callable[[np.ndarray], 
     Raises:
         ConfigError: a reference that names no finding of the run, or one this model cannot recompute.
     """
+    from audit.findings import findings_for_run
+
     cfg = ctx.config.components
     meta = ctx.predictions
-    ledger = _ledger(ctx)
+    clip = getattr(ctx.adapter, "kind", None) == "clip"
+    # explicit references: the same check the pipeline made before the forward pass (one place for it)
+    check_references(ctx.config, clip=clip, class_names=ctx.class_names, group_columns=ctx.group_columns)
+    ledger = findings_for_run(ctx.run)  # the ledger of the tables written so far
     labels = meta["label_idx"].to_numpy()
-    clip = output == "embedding"
     notes: list[str] = []
     assoc = {t.name: t for t in (ctx.config.clip.association if clip else [])}
 
@@ -243,9 +231,6 @@ def resolve_targets(ctx: Any, *, output: str, to_logits: Callable[[np.ndarray], 
     def build(ref: str) -> Target:
         kind, parts = parse_reference(ref, list(assoc))
         if kind == "association":
-            if not clip or parts[0] not in assoc:
-                raise ConfigError(f"components.findings names {parts[0]!r}, which is not a clip.association test; "
-                                  f"known: {sorted(assoc)}")
             t = assoc[parts[0]]
             a_texts, b_texts = t.texts()
             spec = association_finding(ref, col(t.attribute, ref), t.x_group, t.y_group, text_embeddings(a_texts),
@@ -254,9 +239,6 @@ def resolve_targets(ctx: Any, *, output: str, to_logits: Callable[[np.ndarray], 
                           f"association {t.name} by {t.attribute} ({t.x_group} vs {t.y_group})")
         if kind == "harmful_label":
             attr = parts[0]
-            if not clip or not ctx.config.clip.label_set:
-                raise ConfigError(f"components.findings {ref!r}: harmful-label findings need a CLIP run with "
-                                  "clip.label_set")
             a, b = _groups_of(ledger, (ledger["kind"] == "harmful_label") & (ledger["attribute"] == attr), ref)
             from audit.stats.sets import load_set
 
@@ -271,9 +253,6 @@ def resolve_targets(ctx: Any, *, output: str, to_logits: Callable[[np.ndarray], 
                           f"harmful-label rate by {attr} ({a} vs {b})")
         if kind == "retrieval":
             query, attr = parts
-            if not clip or query not in ctx.config.clip.queries:
-                raise ConfigError(f"components.findings {ref!r}: retrieval findings need a CLIP run whose "
-                                  f"clip.queries list the query; queries: {list(ctx.config.clip.queries)}")
             m = (ledger["kind"] == "retrieval_skew") & (ledger["attribute"] == attr) & \
                 ledger["scope"].str.startswith(f"query:{query}@")
             rows = ledger[m]
@@ -300,7 +279,7 @@ def resolve_targets(ctx: Any, *, output: str, to_logits: Callable[[np.ndarray], 
             def counted_hit(out: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 return fn(labels[rows], preds(out))
         else:
-            c, fnc = _class_index(ctx, parts[1], ref), PER_CLASS_METRICS[metric]
+            c, fnc = list(ctx.class_names).index(parts[1]), PER_CLASS_METRICS[metric]
 
             def counted_hit(out: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 return fnc(labels[rows], preds(out), c)
