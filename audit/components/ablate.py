@@ -167,9 +167,10 @@ def component_effects(contributions: np.ndarray, rest: np.ndarray, finding: Find
     boot = np.full((n_boot, k), np.nan)
     for b in range(n_boot):
         idx = rng.integers(0, n, n)
-        bef = finding.evaluate(out[idx], idx)
+        out_b = out[idx]  # once per resample, not once per component
+        bef = finding.evaluate(out_b, idx)
         for c in range(k):
-            boot[b, c] = s * (bef - finding.evaluate(out[idx] - delta[idx, c], idx))
+            boot[b, c] = s * (bef - finding.evaluate(out_b - delta[idx, c], idx))
     lo, hi = percentile_ci(boot, alpha=ALPHA)
     df = pd.DataFrame({"finding": finding.name, "component": list(names), "layer": list(layers), "head": list(heads),
                        "n": n, "before": before, "after": after, "effect": effect, "ci_low": lo, "ci_high": hi})
@@ -204,10 +205,11 @@ def random_head_test(contributions: np.ndarray, rest: np.ndarray, finding: Findi
     s = 1.0 if before_sel >= 0 else -1.0
     eff_sel = np.array([s * (before_sel - finding.evaluate(out[sel] - delta[sel, c], sel)) for c in head_idx])
     order = head_idx[np.argsort(-eff_sel, kind="stable")]
-    before = finding.evaluate(out[test], test)
+    out_test, delta_test = out[test], delta[test]  # indexed once: after_of runs for every random set
+    before = finding.evaluate(out_test, test)
 
     def after_of(subset: np.ndarray) -> float:
-        return finding.evaluate(out[test] - delta[test][:, subset].sum(axis=1), test)
+        return finding.evaluate(out_test - delta_test[:, subset].sum(axis=1), test)
 
     rows = []
     for k in ks:
@@ -227,8 +229,8 @@ def random_head_test(contributions: np.ndarray, rest: np.ndarray, finding: Findi
         tol = 1e-12 * max(1.0, abs(red))
         ge = int((rand >= red - tol).sum())
         p = ge / len(sets) if exact else (1 + ge) / (1 + len(sets))
-        acc_b = accuracy(out[test], test) if accuracy else np.nan
-        acc_a = accuracy(out[test] - delta[test][:, top].sum(axis=1), test) if accuracy else np.nan
+        acc_b = accuracy(out_test, test) if accuracy else np.nan
+        acc_a = accuracy(out_test - delta_test[:, top].sum(axis=1), test) if accuracy else np.nan
         rows.append({"finding": finding.name, "k": int(k), "components": ", ".join(names[i] for i in top),
                      "n_test": len(test), "before": before, "after": after, "change": after - before,
                      "reduction": red, "random_mean": float(rand.mean()),
